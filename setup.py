@@ -1,0 +1,27 @@
+"""hpunet-jax: the Hierarchical Probabilistic U-Net in JAX/Haiku."""
+from setuptools import find_packages, setup
+
+setup(
+    name="hpunet-jax",
+    version="0.1.0",
+    description="Hierarchical Probabilistic U-Net (Kohl et al. 2019) in JAX/Haiku: "
+                "model, GECO training, LIDC/synthetic data, evaluation.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["hpunet_jax", "hpunet_jax.*", "experiments", "configs"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.7.0",
+        "dm-haiku>=0.0.14",
+        "optax>=0.2.4",
+        "ml_collections>=1.0.0",
+        "absl-py>=2.1.0",
+        "tensorflow-datasets>=4.9.7",
+        "array_record>=0.7.0",
+        "grain>=0.2.10",
+        "orbax-checkpoint>=0.11.10",
+        "numpy>=1.26",
+        "scipy>=1.13",
+    ],
+    extras_require={"test": ["pytest>=8.0"]},
+)
