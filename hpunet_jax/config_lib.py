@@ -1,0 +1,158 @@
+"""The experiment config: its groups, their defaults and one early validation.
+
+Configs in `configs/*.py` start from `base_config()` and change what their
+setting needs. `validate(config)` runs before anything compiles and raises a
+ValueError naming the offending field.
+"""
+import ml_collections
+
+from hpunet_jax.model import HPUNetConfig
+
+LOSS_TYPES = ("geco", "elbo")
+SCHEDULES = ("constant", "piecewise")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All groups with the paper's (LIDC) defaults from REFERENCE.md."""
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict(dict(
+      latent_dims=(1, 1, 1, 1),
+      channels_per_block=(24, 48, 96, 192, 192, 192, 192, 192),
+      down_channels_per_block=ml_collections.config_dict.placeholder(tuple),
+      num_classes=2,
+      convs_per_block=3,
+      blocks_per_level=3,
+      activation="relu",
+      compute_dtype="float32",
+      remat=False,
+      max_abs_log_sigma=ml_collections.config_dict.placeholder(float),
+  ))
+
+  c.loss = ml_collections.ConfigDict(dict(
+      type="geco",
+      kappa=0.05,
+      decay=0.99,
+      rate=1e-2,
+      beta=1.0,
+      top_k_percentage=ml_collections.config_dict.placeholder(float),
+      deterministic_top_k=False,
+      l2_weight=1e-5,
+  ))
+  c.loss.top_k_percentage = 0.02
+
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4,
+      schedule="piecewise",
+      # Halved at each boundary (a public reproduction's LIDC schedule).
+      boundaries=(60_000, 120_000, 180_000, 210_000),
+      decay_factor=0.5,
+      # Clipping by global norm is off by default; a value such as 1.0 is the
+      # usual fix when training is unstable.
+      clip_global_norm=ml_collections.config_dict.placeholder(float),
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=32,
+      num_steps=240_000,
+      log_every=100,
+      eval_every=10_000,
+      checkpoint_every=5_000,
+      keep_checkpoints=3,
+      seed=0,
+  ))
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="lidc_crops",
+      data_dir=ml_collections.config_dict.placeholder(str),
+      manual_dir=ml_collections.config_dict.placeholder(str),
+      crop_size=ml_collections.config_dict.placeholder(int),
+      random_crop=False,
+      random_flip=False,
+      image_size=128,
+      num_channels=1,
+      num_graders=4,
+  ))
+  c.data.crop_size = 128
+
+  c.eval = ml_collections.ConfigDict(dict(
+      split="validation",
+      num_examples=ml_collections.config_dict.placeholder(int),
+      num_samples=100,
+      batch_size=16,
+      num_figure_examples=4,
+  ))
+  return c
+
+
+def model_config(config) -> HPUNetConfig:
+  """The typed model config from the `model` group (errors name `model.<field>`)."""
+  return HPUNetConfig.from_dict(config.model.to_dict(), prefix="model")
+
+
+def _require(ok, message):
+  if not ok:
+    raise ValueError(message)
+
+
+def validate(config, *, num_devices=None):
+  """Checks the config before anything compiles; returns the `HPUNetConfig`.
+
+  Raises:
+    ValueError naming the field (e.g. `train.batch_size`).
+  """
+  for group in ("model", "loss", "optim", "train", "data", "eval"):
+    _require(group in config, f"config has no '{group}' group")
+  model = model_config(config)
+
+  loss = config.loss
+  _require(loss.type in LOSS_TYPES, f"loss.type must be one of {LOSS_TYPES}, got {loss.type!r}")
+  _require(loss.kappa >= 0, f"loss.kappa must be >= 0, got {loss.kappa}")
+  _require(0 <= loss.decay < 1, f"loss.decay must be in [0, 1), got {loss.decay}")
+  _require(loss.rate > 0, f"loss.rate must be > 0, got {loss.rate}")
+  _require(loss.beta >= 0, f"loss.beta must be >= 0, got {loss.beta}")
+  _require(loss.l2_weight >= 0, f"loss.l2_weight must be >= 0, got {loss.l2_weight}")
+  if loss.top_k_percentage is not None:
+    _require(0 < loss.top_k_percentage <= 1,
+             f"loss.top_k_percentage must be in (0, 1] or None, got {loss.top_k_percentage}")
+
+  optim = config.optim
+  _require(optim.learning_rate > 0, f"optim.learning_rate must be > 0, got {optim.learning_rate}")
+  _require(optim.schedule in SCHEDULES,
+           f"optim.schedule must be one of {SCHEDULES}, got {optim.schedule!r}")
+  _require(list(optim.boundaries) == sorted(optim.boundaries) and
+           all(b > 0 for b in optim.boundaries),
+           f"optim.boundaries must be increasing positive steps, got {optim.boundaries}")
+  _require(optim.decay_factor > 0, f"optim.decay_factor must be > 0, got {optim.decay_factor}")
+  if optim.clip_global_norm is not None:
+    _require(optim.clip_global_norm > 0,
+             f"optim.clip_global_norm must be > 0 or None, got {optim.clip_global_norm}")
+
+  train = config.train
+  for field in ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
+                "keep_checkpoints"):
+    value = train[field]
+    _require(isinstance(value, int) and value > 0,
+             f"train.{field} must be a positive integer, got {value!r}")
+  if num_devices is not None:
+    _require(train.batch_size % num_devices == 0,
+             f"train.batch_size={train.batch_size} does not divide over the {num_devices} "
+             f"devices; use a multiple of {num_devices}")
+
+  data = config.data
+  image_size = data.crop_size if data.crop_size is not None else data.image_size
+  if image_size is not None:
+    field = "data.crop_size" if data.crop_size is not None else "data.image_size"
+    _require(image_size > 0, f"{field} must be positive, got {image_size}")
+    _require(image_size % model.size_multiple == 0,
+             f"{field}={image_size} cannot be taken by the model: it needs a multiple of "
+             f"2**(len(model.channels_per_block) - 1) = {model.size_multiple} "
+             f"(e.g. {model.size_multiple}, {2 * model.size_multiple}, "
+             f"{4 * model.size_multiple})")
+
+  ev = config.eval
+  _require(ev.num_samples >= 1, f"eval.num_samples must be >= 1, got {ev.num_samples}")
+  _require(ev.batch_size >= 1, f"eval.batch_size must be >= 1, got {ev.batch_size}")
+  if ev.num_examples is not None:
+    _require(ev.num_examples >= 1, f"eval.num_examples must be >= 1 or None, got {ev.num_examples}")
+  return model

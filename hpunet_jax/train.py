@@ -1,0 +1,147 @@
+"""The train state and the data-parallel optax step.
+
+One `TrainState` pytree carries everything a run needs to continue: the step,
+the trainable parameters (the network's and GECO's multiplier `w`), the
+optimiser state, GECO's moving average and the base RNG key.
+
+Random streams: the key of step `t` is `fold_in(state.rng, t)`, split into
+one key for the latent samples and one for top-k's Gumbel noise. Both are
+drawn with the *global* batch shape inside `jit`, and JAX's partitionable
+threefry makes the values independent of how the batch is sharded, so a
+given global batch and seed give the same step on any number of devices and
+processes (up to the order of floating-point reductions).
+"""
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from hpunet_jax import config_lib, objective, parallel
+from hpunet_jax.model import l2_penalty, make_model
+
+
+class TrainState(NamedTuple):
+  step: jax.Array            # int32 scalar: number of updates applied
+  params: Any                # {'net': haiku params, 'lagrange_raw': scalar (GECO only)}
+  opt_state: Any
+  geco: objective.GecoState
+  rng: jax.Array             # base key; never advanced, folded with the step
+
+
+def make_schedule(optim_config):
+  """The learning-rate schedule of the `optim` group."""
+  lr = optim_config.learning_rate
+  if optim_config.schedule == "constant":
+    return optax.constant_schedule(lr)
+  if optim_config.schedule == "piecewise":
+    return optax.piecewise_constant_schedule(
+        lr, {int(b): optim_config.decay_factor for b in optim_config.boundaries})
+  raise ValueError(f"optim.schedule must be one of {config_lib.SCHEDULES}, "
+                   f"got {optim_config.schedule!r}")
+
+
+def make_optimizer(optim_config):
+  """Adam with the config's schedule; optional clipping by global norm first."""
+  schedule = make_schedule(optim_config)
+  parts = []
+  if optim_config.clip_global_norm is not None:
+    parts.append(optax.clip_by_global_norm(optim_config.clip_global_norm))
+  parts.append(optax.adam(schedule))
+  return optax.chain(*parts), schedule
+
+
+def _as_key(rng):
+  if isinstance(rng, int):
+    return jax.random.key(rng)
+  return rng
+
+
+def create_train_state(config, rng, example_batch, *, mesh=None) -> TrainState:
+  """Initialises the train state, replicated over the mesh.
+
+  Args:
+    config: the experiment `ConfigDict` (groups model, loss, optim, train, ...).
+    rng: a JAX key (or an int seed).
+    example_batch: a batch dict (only the shapes of `image` and
+      `segmentation` past the batch axis are used).
+    mesh: defaults to `parallel.make_mesh()` over all devices.
+  """
+  model_cfg = config_lib.validate(config)
+  model = make_model(model_cfg)
+  mesh = mesh or parallel.make_mesh()
+  optimizer, _ = make_optimizer(config.optim)
+  image_shape = (1,) + tuple(example_batch["image"].shape[1:])
+  seg_shape = (1,) + tuple(example_batch["segmentation"].shape[1:])
+  model.check_inputs(jax.ShapeDtypeStruct(image_shape, jnp.float32),
+                     jax.ShapeDtypeStruct(seg_shape, jnp.float32))
+  init_rng, train_rng = jax.random.split(_as_key(rng))
+  use_geco = config.loss.type == "geco"
+
+  # Parameters are drawn on the host (identically on every process), then
+  # replicated over the mesh.
+  params = {"net": model.init(init_rng, jnp.zeros(image_shape), jnp.zeros(seg_shape))}
+  if use_geco:
+    params["lagrange_raw"] = objective.initial_lagrange_raw(1.0)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=optimizer.init(params), geco=objective.init_geco_state(),
+                     rng=train_rng)
+  return parallel.replicate(state, mesh)
+
+
+def make_loss_fn(config, model=None):
+  """`(params, geco_state, batch, rng) -> (loss, (geco_state, metrics))`, L2 included."""
+  model = model or make_model(config_lib.model_config(config))
+  loss_config = config.loss
+
+  def loss_fn(params, geco_state, batch, rng):
+    latent_rng, top_k_rng = jax.random.split(rng)
+    outputs = model.forward(params["net"], latent_rng, batch["image"], batch["segmentation"])
+    loss, (geco_state, metrics) = objective.objective(
+        outputs, batch["segmentation"], loss_config=loss_config, geco_state=geco_state,
+        lagrange_raw=params.get("lagrange_raw"), rng=top_k_rng)
+    l2 = l2_penalty(params["net"], loss_config.l2_weight)
+    metrics["l2"] = l2
+    return loss + l2, (geco_state, metrics)
+
+  return loss_fn
+
+
+def make_train_step(config, *, mesh=None):
+  """Builds the jitted, data-parallel `(state, batch) -> (state, metrics)`.
+
+  The state is replicated and donated; the batch is sharded along its leading
+  axis over the `('data',)` mesh of all devices of all processes. The batch
+  may be given as a dict of global `jax.Array`s or, per process, as numpy
+  arrays holding that process's contiguous slice of the global batch (they
+  are assembled with `jax.make_array_from_process_local_data`).
+  """
+  model_cfg = config_lib.validate(config)
+  model = make_model(model_cfg)
+  mesh = mesh or parallel.make_mesh()
+  optimizer, schedule = make_optimizer(config.optim)
+  loss_fn = make_loss_fn(config, model)
+
+  def step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (geco_state, metrics)), grads = grad_fn(state.params, state.geco, batch, rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(loss=loss, grad_norm=optax.global_norm(grads["net"]),
+                   learning_rate=schedule(state.step))
+    new_state = TrainState(state.step + 1, params, opt_state, geco_state, state.rng)
+    return new_state, metrics
+
+  jitted = jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                   out_shardings=parallel.replicated(mesh), donate_argnums=0)
+
+  def train_step(state, batch):
+    if not all(isinstance(x, jax.Array) for x in jax.tree.leaves(batch)):
+      batch = parallel.global_batch(batch, mesh)
+    return jitted(state, batch)
+
+  train_step.jitted = jitted
+  train_step.mesh = mesh
+  train_step.model = model
+  return train_step
