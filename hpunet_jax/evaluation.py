@@ -1,0 +1,268 @@
+"""Evaluation driver: samples a model on eval batches and scores the samples.
+
+Shared by `experiments.evaluate` and the training loop's periodic evaluation.
+
+Per batch, one jitted device function draws the samples, reconstructs from
+every grader and returns only IoU matrices and per-image S_NCC / IoU_rec (a few
+hundred floats per image, whatever the image size); every score is then derived
+from those on the host, the Hungarian matching with scipy per image. Per-image
+scores are aggregated over the split with `metrics.aggregate`.
+
+Which samples each score uses (N = `num_samples`, default 100):
+  - `ged_16`, `ged_50`, `ged_100`: the first 16 / 50 / 100 samples against all
+    graders (sizes above N are skipped);
+  - `hm_iou_16`: the first 16 samples, graders tiled to 16 (skipped if
+    N < 16 or 16 is not a multiple of the number of graders);
+  - `ncc` (S_NCC) and `diversity`: all N samples (PHiSeg scores S_NCC on the
+    same samples as its GED; more samples estimate its expectations better);
+  - exact scores (where batches carry `candidates`): all N samples, and the
+    floor for N samples, so `exact_ged_normalised` compares like with like;
+  - `iou_rec`: the posterior-mean reconstruction from each grader in turn
+    against that grader, averaged over graders.
+"""
+import math
+from typing import Any, Iterable, Mapping, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hpunet_jax import metrics
+
+GED_SIZES = (16, 50, 100)
+HM_IOU_SIZE = 16
+# Scores that LIDC papers also report on subset B (all graders marked something).
+SUBSET_B_KEYS = tuple(f"ged_{n}" for n in GED_SIZES) + (f"hm_iou_{HM_IOU_SIZE}",)
+EXACT_KEYS = ("exact_ged", "exact_ged_floor", "exact_ged_single_guess", "exact_ged_normalised",
+              "match_rate", "tvd")
+_ORDER = tuple(f"ged_{n}" for n in GED_SIZES) + (
+    f"hm_iou_{HM_IOU_SIZE}", "iou_rec", "ncc", "diversity") + EXACT_KEYS
+
+# Jitted device functions, keyed by (id(model), num_samples). The model is kept
+# in the value so that its id cannot be reused by another object while cached.
+_DEVICE_FNS: dict = {}
+
+
+def _device_fn(model, num_samples):
+  """The jitted sample-reconstruct-score function of `model` (built once)."""
+  key = (id(model), num_samples)
+  cached = _DEVICE_FNS.get(key)
+  if cached is not None and cached[0] is model:
+    return cached[1]
+
+  def device_fn(params, rng, images, masks, candidates):
+    sample_rng, reconstruct_rng = jax.random.split(rng)
+    logits = model.sample(params, sample_rng, images, num_samples=num_samples)
+    num_classes = logits.shape[-1]
+    # Per image, samples first: [b, N, H, W].
+    samples = jnp.moveaxis(jnp.argmax(logits, -1) == 1, 0, 1)
+    sample_probs = jnp.moveaxis(jax.nn.softmax(logits, -1)[..., 1], 0, 1)
+    del logits
+    graders = jnp.moveaxis(masks, -1, 1) > 0.5  # [b, M, H, W]
+    batch, num_graders, height, width = graders.shape
+    # All graders of all images in one call: image-major, grader-minor.
+    repeated_images = jnp.repeat(images, num_graders, axis=0)
+    segmentations = jax.nn.one_hot(
+        graders.reshape(batch * num_graders, height, width).astype(jnp.int32), num_classes,
+        dtype=jnp.float32)
+    reconstruction_logits = model.reconstruct(params, reconstruct_rng, repeated_images,
+                                              segmentations, mean=True)
+    reconstructions = (jnp.argmax(reconstruction_logits, -1) == 1).reshape(graders.shape)
+    out = dict(
+        iou_ss=metrics.pairwise_iou(samples, samples),
+        iou_sy=metrics.pairwise_iou(samples, graders),
+        iou_yy=metrics.pairwise_iou(graders, graders),
+        iou_rec=metrics.reconstruction_iou(reconstructions, graders),
+        ncc=metrics.ncc(sample_probs, graders),
+    )
+    if candidates is not None:
+      out["iou_sc"] = metrics.pairwise_iou(samples, candidates)
+      out["iou_cc"] = metrics.pairwise_iou(candidates, candidates)
+    return out
+
+  jitted = jax.jit(device_fn)
+  _DEVICE_FNS[key] = (model, jitted)
+  return jitted
+
+
+def _truncate(batch: Mapping[str, Any], size: int) -> dict:
+  return {k: np.asarray(v)[:size] for k, v in batch.items()}
+
+
+def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
+                     num_samples: int = 100, num_examples: Optional[int] = None) -> dict:
+  """Scores every image of `batches`.
+
+  Args:
+    model: has `sample(params, rng, images, *, num_samples, mean)` -> logits
+      `[N, B, H, W, C]` and `reconstruct(params, rng, images, segmentations,
+      *, mean)` -> logits `[B, H, W, C]`; foreground is class 1.
+    params: the model's parameters.
+    batches: dicts of numpy arrays: `image` `[b, H, W, C]`, `masks` binary
+      `[b, H, W, M]`, optionally `candidates` binary `[b, K, H, W]` with
+      `candidate_probs` `[b, K]`.
+    rng: PRNG key; batch `i` uses `fold_in(rng, i)`, so a given key and data
+      order always give the same scores.
+    num_samples: samples per image.
+    num_examples: stop after this many images (all if None).
+
+  Returns:
+    dict of per-image numpy arrays, keyed like `evaluate`'s means, plus
+    `subset_b` (bool). Exact-score arrays only cover images with candidates.
+  """
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  device_fn = _device_fn(model, num_samples)
+  scores: dict = {}
+  add = lambda key, values: scores.setdefault(key, []).append(np.asarray(values, np.float64))
+  subset = []
+  seen = 0
+  for index, batch in enumerate(batches):
+    if num_examples is not None:
+      if seen >= num_examples:
+        break
+      batch = _truncate(batch, num_examples - seen)
+    images = np.asarray(batch["image"], np.float32)
+    masks = np.asarray(batch["masks"], np.float32)
+    if images.shape[0] == 0:
+      continue
+    has_candidates = "candidates" in batch
+    candidates = np.asarray(batch["candidates"], np.float32) if has_candidates else None
+    out = jax.device_get(device_fn(params, jax.random.fold_in(rng, index), images, masks,
+                                   candidates))
+    out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+    batch_size, num_graders = images.shape[0], masks.shape[-1]
+    seen += batch_size
+
+    for n in GED_SIZES:
+      if n <= num_samples:
+        add(f"ged_{n}", metrics.ged_from_iou(out["iou_sy"][:, :n], out["iou_ss"][:, :n, :n],
+                                             out["iou_yy"]))
+    if HM_IOU_SIZE <= num_samples and HM_IOU_SIZE % num_graders == 0:
+      add(f"hm_iou_{HM_IOU_SIZE}", [metrics.hungarian_matched_iou_from_iou(m[:HM_IOU_SIZE])
+                                    for m in out["iou_sy"]])
+    add("iou_rec", out["iou_rec"])
+    add("ncc", out["ncc"])
+    add("diversity", (1.0 - out["iou_ss"]).mean(axis=(-2, -1)))
+    subset.append(metrics.subset_b(np.moveaxis(masks, -1, 1)))
+
+    if has_candidates:
+      probs = np.asarray(batch["candidate_probs"], np.float64)
+      for i in range(batch_size):
+        exact = metrics.exact_ged_from_iou(out["iou_sc"][i], out["iou_ss"][i], out["iou_cc"][i],
+                                           probs[i])
+        floor = metrics.exact_ged_floor_from_iou(out["iou_cc"][i], probs[i], num_samples)
+        single = metrics.exact_ged_single_guess_from_iou(out["iou_cc"][i], probs[i])
+        matches = metrics.match_statistics_from_iou(out["iou_sc"][i], probs[i])
+        add("exact_ged", [exact])
+        add("exact_ged_floor", [floor])
+        add("exact_ged_single_guess", [single])
+        # A distribution with one candidate has single guess == floor == 0.
+        add("exact_ged_normalised",
+            [metrics.normalised_ged(exact, floor, single) if single > floor else np.nan])
+        add("match_rate", [matches["match_rate"]])
+        add("tvd", [matches["tvd"]])
+
+  if not subset:
+    raise ValueError("evaluation saw no images")
+  result = {k: np.concatenate(v) for k, v in scores.items()}
+  result["subset_b"] = np.concatenate(subset)
+  if f"hm_iou_{HM_IOU_SIZE}" not in result and HM_IOU_SIZE <= num_samples:
+    logging.warning("hm_iou_%d skipped: %d is not a multiple of the number of graders",
+                    HM_IOU_SIZE, HM_IOU_SIZE)
+  return result
+
+
+def summarise(scores: Mapping[str, np.ndarray], *, num_bootstrap: int = 1000,
+              seed: int = 0) -> dict:
+  """Aggregates `per_image_scores` into `evaluate`'s flat dict."""
+  subset = np.asarray(scores["subset_b"], bool)
+  results: dict = {"num_images": int(subset.size), "num_images_subset_b": int(subset.sum())}
+
+  def put(key, stats):
+    results[key] = stats["mean"]
+    results[f"{key}_std"] = stats["std"]
+    results[f"{key}_ci"] = [stats["ci_low"], stats["ci_high"]]
+
+  for key in _ORDER:
+    if key not in scores:
+      continue
+    values = np.asarray(scores[key], np.float64)
+    finite = np.isfinite(values)
+    put(key, metrics.aggregate(values[finite], num_bootstrap=num_bootstrap, seed=seed))
+    if key in SUBSET_B_KEYS:
+      put(f"{key}_subset_b", metrics.aggregate(values, subset=subset, num_bootstrap=num_bootstrap,
+                                               seed=seed))
+  if "exact_ged" in scores:
+    results["num_images_exact"] = int(len(scores["exact_ged"]))
+  return results
+
+
+def evaluate(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
+             num_samples: int = 100, num_examples: Optional[int] = None,
+             num_bootstrap: int = 1000) -> dict:
+  """Samples `model` on `batches` and returns the split's scores.
+
+  See the module docstring for which samples each score uses, and
+  `per_image_scores` for the arguments. Device memory grows with the batch
+  size times `num_samples` (the logits of all samples of a batch are held at
+  once).
+
+  Returns:
+    A flat dict. For each score `<key>` in `ged_16`, `ged_50`, `ged_100`,
+    `hm_iou_16`, `iou_rec`, `ncc`, `diversity` and, where batches carry
+    candidates, `exact_ged`, `exact_ged_floor`, `exact_ged_single_guess`,
+    `exact_ged_normalised`, `match_rate`, `tvd`: `<key>` (mean over images),
+    `<key>_std`, `<key>_ci` ([low, high], percentile bootstrap 95%). For the
+    GED and HM-IoU scores also `<key>_subset_b`, `<key>_subset_b_std`,
+    `<key>_subset_b_ci`. Plus `num_images`, `num_images_subset_b` and, with
+    candidates, `num_images_exact`.
+  """
+  scores = per_image_scores(model, params, batches, rng=rng, num_samples=num_samples,
+                            num_examples=num_examples)
+  return summarise(scores, num_bootstrap=num_bootstrap)
+
+
+def _format_number(x) -> str:
+  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+  """One readable table of `evaluate`'s results.
+
+  Columns: metric | mean ± std | 95% CI | subset B (mean ± std). Below it, where
+  exact scores exist, the model's exact GED beside its references (the floor
+  of a perfect sampler and the single best guess).
+  """
+  rows = [("metric", "mean ± std", "95% CI", "subset B")]
+  for key in _ORDER:
+    if key not in results:
+      continue
+    low, high = results[f"{key}_ci"]
+    subset = "-"
+    if f"{key}_subset_b" in results:
+      subset = (f"{_format_number(results[f'{key}_subset_b'])} ± "
+                f"{_format_number(results[f'{key}_subset_b_std'])}")
+    rows.append((key, f"{_format_number(results[key])} ± {_format_number(results[f'{key}_std'])}",
+                 f"[{_format_number(low)}, {_format_number(high)}]", subset))
+  widths = [max(len(row[c]) for row in rows) for c in range(4)]
+  line = lambda row: " | ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+  lines = [line(rows[0]), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
+  lines.append(f"images: {results.get('num_images', 0)}, subset B: "
+               f"{results.get('num_images_subset_b', 0)}")
+  if "exact_ged" in results:
+    lines += [
+        "",
+        f"exact GED (images with a known distribution: {results.get('num_images_exact', 0)})",
+        f"  model         {_format_number(results['exact_ged'])}",
+        f"  floor         {_format_number(results['exact_ged_floor'])}"
+        "  (expected score of samples drawn from the true distribution)",
+        f"  single guess  {_format_number(results['exact_ged_single_guess'])}"
+        "  (always the most probable candidate)",
+        f"  normalised    {_format_number(results['exact_ged_normalised'])}"
+        "  (0 = floor, 1 = single guess)",
+        f"  match rate    {_format_number(results['match_rate'])}"
+        f", TVD {_format_number(results['tvd'])}",
+    ]
+  return "\n".join(lines)
