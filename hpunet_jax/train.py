@@ -128,7 +128,7 @@ def make_train_step(config, *, mesh=None):
     (loss, (geco_state, metrics)), grads = grad_fn(state.params, state.geco, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics.update(loss=loss, grad_norm=optax.global_norm(grads["net"]),
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads["net"]),
                    learning_rate=schedule(state.step))
     new_state = TrainState(state.step + 1, params, opt_state, geco_state, state.rng)
     return new_state, metrics

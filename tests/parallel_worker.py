@@ -1,0 +1,63 @@
+"""Runs two train steps of a tiny config and saves the parameters, for the parallelism tests.
+
+    python tests/parallel_worker.py --out=params.npz [--devices=8]
+        [--process_id=0 --num_processes=2 --port=12345]
+
+Every process feeds only its contiguous slice of the fixed global batch; the
+(process 0) parameters after the steps are written to --out.
+"""
+import argparse
+import os
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--devices", type=int, default=1)
+  parser.add_argument("--process_id", type=int, default=0)
+  parser.add_argument("--num_processes", type=int, default=1)
+  parser.add_argument("--port", type=int, default=0)
+  args = parser.parse_args()
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+  import jax
+  if args.num_processes > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"localhost:{args.port}",
+                               num_processes=args.num_processes, process_id=args.process_id)
+  import numpy as np
+  import hpunet_jax
+  from hpunet_jax import config_lib
+
+  config = config_lib.base_config()
+  config.model.channels_per_block = (4, 8, 8)
+  config.model.latent_dims = (2, 1)
+  config.model.blocks_per_level = 1
+  config.model.convs_per_block = 2
+  config.data.crop_size = 16
+  config.loss.top_k_percentage = 0.1   # Gumbel top-k over the global batch
+  config.train.batch_size = 8
+
+  rng = np.random.default_rng(0)
+  images = rng.random((8, 16, 16, 1)).astype(np.float32)
+  labels = (rng.random((8, 16, 16)) > 0.7).astype(np.int64)
+  batch = dict(image=images, segmentation=np.eye(2, dtype=np.float32)[labels])
+  local = 8 // jax.process_count()
+  start = jax.process_index() * local
+  local_batch = {k: v[start:start + local] for k, v in batch.items()}
+
+  state = hpunet_jax.create_train_state(config, jax.random.key(0), local_batch)
+  step = hpunet_jax.make_train_step(config)
+  assert step.mesh.devices.size == args.devices * args.num_processes
+  for _ in range(2):
+    state, metrics = step(state, local_batch)
+  from jax.experimental import multihost_utils
+  params = multihost_utils.process_allgather(state.params, tiled=True)
+  if jax.process_index() == 0:
+    flat = {jax.tree_util.keystr(path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    flat["loss"] = np.asarray(multihost_utils.process_allgather(metrics["loss"], tiled=True))
+    np.savez(args.out, **flat)
+
+
+if __name__ == "__main__":
+  main()
