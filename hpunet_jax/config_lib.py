@@ -6,6 +6,7 @@ ValueError naming the offending field.
 """
 import ml_collections
 
+from hpunet_jax.data import pipeline
 from hpunet_jax.model import HPUNetConfig
 
 LOSS_TYPES = ("geco", "elbo")
@@ -62,18 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
       seed=0,
   ))
 
-  c.data = ml_collections.ConfigDict(dict(
-      name="lidc_crops",
-      data_dir=ml_collections.config_dict.placeholder(str),
-      manual_dir=ml_collections.config_dict.placeholder(str),
-      crop_size=ml_collections.config_dict.placeholder(int),
-      random_crop=False,
-      random_flip=False,
-      image_size=128,
-      num_channels=1,
-      num_graders=4,
-  ))
-  c.data.crop_size = 128
+  c.data = pipeline.default_config()
+  c.data.name = "lidc_crops"
+  c.data.crop_size = 128   # the release's colab centre-crops 180 -> 128
 
   c.eval = ml_collections.ConfigDict(dict(
       split="validation",
@@ -140,15 +132,14 @@ def validate(config, *, num_devices=None):
              f"devices; use a multiple of {num_devices}")
 
   data = config.data
-  image_size = data.crop_size if data.crop_size is not None else data.image_size
-  if image_size is not None:
+  size = data.crop_size if data.crop_size is not None else data.get("image_size")
+  if isinstance(size, int) and size > 0 and size % model.size_multiple:
     field = "data.crop_size" if data.crop_size is not None else "data.image_size"
-    _require(image_size > 0, f"{field} must be positive, got {image_size}")
-    _require(image_size % model.size_multiple == 0,
-             f"{field}={image_size} cannot be taken by the model: it needs a multiple of "
-             f"2**(len(model.channels_per_block) - 1) = {model.size_multiple} "
-             f"(e.g. {model.size_multiple}, {2 * model.size_multiple}, "
-             f"{4 * model.size_multiple})")
+    raise ValueError(
+        f"{field}={size} cannot be taken by the model: it needs a multiple of "
+        f"2**(len(model.channels_per_block) - 1) = {model.size_multiple} "
+        f"(e.g. {model.size_multiple}, {2 * model.size_multiple}, {4 * model.size_multiple})")
+  pipeline.validate_config(data)
 
   ev = config.eval
   _require(ev.num_samples >= 1, f"eval.num_samples must be >= 1, got {ev.num_samples}")

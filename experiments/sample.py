@@ -1,0 +1,57 @@
+"""Draws samples from the latest checkpoint in --workdir: figures and an .npz.
+
+    python -m experiments.sample --workdir=runs/synthetic --output=samples.png \
+        [--num_samples=16] [--split=test] [--indices=0,1,2]
+
+Writes OUTPUT (all scales free), OUTPUT with `_coarsest_free` / `_finest_free`
+before the extension (only that latent scale sampled, the others at their
+means), and OUTPUT with `.npz` holding the images, graders, reconstructions,
+binary samples `[N, b, H, W]` and their foreground probabilities.
+"""
+import os
+
+from absl import app, flags
+import jax
+import numpy as np
+
+from hpunet_jax import trainer
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json, checkpoints/).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output PNG path.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "Samples per image.", lower_bound=1)
+_SPLIT = flags.DEFINE_string("split", "test", "Split to draw images from.")
+_INDICES = flags.DEFINE_list("indices", ["0", "1", "2"], "Indices of the images in the split.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.mark_flags_as_required(["workdir", "output"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  trainer.quiet_library_logs()
+  try:
+    indices = [int(i) for i in _INDICES.value]
+  except ValueError:
+    raise app.UsageError(f"--indices must be integers, got {','.join(_INDICES.value)}") from None
+  if not indices or min(indices) < 0:
+    raise app.UsageError("--indices must be non-negative integers")
+  if not _OUTPUT.value.endswith(".png"):
+    raise app.UsageError(f"--output must end in .png, got {_OUTPUT.value}")
+  config, model, params, step = trainer.restore_params(_WORKDIR.value)
+  prefix = _OUTPUT.value[:-len(".png")]
+  out_dir = os.path.dirname(os.path.abspath(prefix))
+  os.makedirs(out_dir, exist_ok=True)
+  paths, arrays = trainer.draw_figures(
+      model, params, config, _SPLIT.value, prefix, rng=jax.random.key(_SEED.value),
+      num_samples=_NUM_SAMPLES.value, indices=indices,
+      title=f"step {step}, {_SPLIT.value} {','.join(map(str, indices))}: ")
+  npz = prefix + ".npz"
+  tmp = prefix + ".tmp.npz"
+  np.savez_compressed(tmp, indices=np.asarray(indices), **arrays)
+  os.replace(tmp, npz)
+  for path in paths + [npz]:
+    print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,26 @@
+"""Trains an HPU-Net, resuming from the latest checkpoint in --workdir.
+
+    python -m experiments.train --config=configs/synthetic.py --workdir=runs/synthetic \
+        [--config.train.num_steps=5000 ...]
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from hpunet_jax import trainer
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/synthetic.py (':tiny' shrinks it); override "
+    "fields with --config.<group>.<field>=value.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, figures.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  trainer.quiet_library_logs()
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,394 @@
+"""The training job behind `experiments.train`: train, checkpoint, evaluate, log, draw.
+
+`train_and_evaluate(config, workdir)` resumes by itself from the latest
+checkpoint in `workdir/checkpoints` (parameters, optimiser, GECO state, RNG and
+the data iterator's position), so running the same command again continues a
+stopped run, and raising `train.num_steps` continues a finished one. SIGTERM
+(preemption) saves a checkpoint at the next step and returns.
+
+Every process trains; only process 0 writes metrics, `config.json` and
+figures; orbax coordinates the checkpoints.
+"""
+import json
+import os
+import signal
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hpunet_jax import checkpoint as checkpoint_lib
+from hpunet_jax import config_lib, evaluation, figures, parallel, summary
+from hpunet_jax.data import pipeline
+from hpunet_jax.train import create_train_state, make_train_step
+
+CHECKPOINT_DIR = "checkpoints"
+FIGURE_DIR = "figures"
+CONFIG_FILE = "config.json"
+# Metrics shown on the progress line.
+PROGRESS_KEYS = ("loss", "rec_sum", "kl_sum", "lagmul")
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss or gradient became NaN or Inf."""
+
+
+def validate(config, *, num_devices=None):
+  """Checks every group of the config; returns the `HPUNetConfig`."""
+  model_cfg = config_lib.validate(config, num_devices=num_devices)
+  pipeline.validate_config(config.data)
+  return model_cfg
+
+
+def _local_copy(tree):
+  """This process's replica of a replicated global pytree, on one local device."""
+  return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
+
+
+def _check_model_accepts_data(model, example, config):
+  try:
+    model.check_inputs(jax.ShapeDtypeStruct(example["image"].shape, jnp.float32),
+                       jax.ShapeDtypeStruct(example["segmentation"].shape, jnp.float32))
+  except ValueError as e:
+    field = "data.crop_size" if config.data.crop_size is not None else "data.image_size"
+    raise ValueError(f"{field}: the data's {example['image'].shape[1:3]} images do not fit the "
+                     f"model: {e}") from None
+
+
+def _check_config_matches(workdir, config):
+  """A resumed run must use the model and loss it was started with."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    previous = json.load(f)
+  current = json.loads(config.to_json_best_effort())
+  for group in ("model", "loss"):
+    for key, value in current.get(group, {}).items():
+      old = previous.get(group, {}).get(key)
+      if old != value:
+        raise ValueError(
+            f"{group}.{key}={value!r} differs from the run in {workdir} ({old!r}); use a new "
+            f"--workdir or the original value")
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks at step boundaries."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, nothing to restore
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the next step, then stopping.")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def any_process(self):
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.asarray(self.requested))
+    return bool(np.any(flags))
+
+
+def _fetch(pending):
+  """Fetches pending step metrics; raises on the first non-finite loss/gradient."""
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), metrics in zip(pending, fetched):
+    if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+      bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
+      raise NonFiniteError(f"non-finite {' and '.join(bad)} at step {step}")
+  return [(step, m) for (step, _), m in zip(pending, fetched)]
+
+
+def eval_batches(config, split, num_examples=None):
+  return pipeline.make_eval_iterator(config.data, split, batch_size=config.eval.batch_size,
+                                     num_examples=num_examples)
+
+
+def draw_figures(model, params, config, split, path_prefix, *, num_examples=None, rng=None,
+                 num_samples=16, indices=None, title=""):
+  """Writes the sample figures (all scales free, coarsest only, finest only).
+
+  Returns the paths written and the arrays drawn (for `experiments.sample`).
+  """
+  num_examples = num_examples or config.eval.num_figure_examples
+  rng = jax.random.key(0) if rng is None else rng
+  batch = _select_examples(config, split, num_examples, indices)
+  images = jnp.asarray(batch["image"])
+  masks = np.moveaxis(np.asarray(batch["masks"]), -1, 1)          # [b, M, H, W]
+  first_grader = jax.nn.one_hot(jnp.asarray(masks[:, 0] > 0.5, jnp.int32), 2)
+  recon = model.reconstruct(params, rng, images, first_grader, mean=True)
+  recon = np.asarray(jnp.argmax(recon, -1) == 1)
+  num_scales = model.config.num_scales
+  variants = {"": False}
+  if num_scales > 1:
+    variants["_coarsest_free"] = tuple(i != 0 for i in range(num_scales))
+    variants["_finest_free"] = tuple(i != num_scales - 1 for i in range(num_scales))
+  written, arrays = [], {"image": np.asarray(batch["image"]), "masks": masks,
+                         "reconstruction": recon}
+  for suffix, mean in variants.items():
+    logits = model.sample(params, jax.random.fold_in(rng, len(written)), images,
+                          num_samples=num_samples, mean=mean)
+    probs = np.asarray(jax.nn.softmax(logits, -1)[..., 1])          # [N, b, H, W]
+    samples = probs > 0.5
+    panels = [figures.example_panel(arrays["image"][i], masks[i], recon[i], samples[:, i],
+                                    labels=(i == 0)) for i in range(images.shape[0])]
+    which = {"": "all scales free", "_coarsest_free": "only the coarsest scale free",
+             "_finest_free": "only the finest scale free"}[suffix]
+    path = f"{path_prefix}{suffix}.png"
+    figures.save_figure(path, figures.figure(panels, title=f"{title}{which}"))
+    written.append(path)
+    arrays[f"samples{suffix}"] = samples
+    arrays[f"probabilities{suffix}"] = probs.astype(np.float16)
+  return written, arrays
+
+
+def _select_examples(config, split, num_examples, indices):
+  if indices is None:
+    return next(iter(eval_batches(config, split, num_examples)))
+  indices = list(indices)
+  needed = max(indices) + 1
+  total = pipeline.num_examples(config.data, split)
+  if needed > total:
+    raise ValueError(f"--indices: index {max(indices)} is out of range for {split} "
+                     f"({total} examples)")
+  collected = []
+  for batch in eval_batches(config, split, needed):
+    collected.append(batch)
+  merged = {k: np.concatenate([b[k] for b in collected]) for k in collected[0]}
+  return {k: v[indices] for k, v in merged.items()}
+
+
+def run_evaluation(model, params, config, split, *, num_samples=None, num_examples=None,
+                   rng=None):
+  """Evaluates `params` on `split` with the config's eval settings."""
+  num_samples = num_samples or config.eval.num_samples
+  num_examples = num_examples if num_examples is not None else config.eval.num_examples
+  rng = jax.random.key(config.train.seed + 1) if rng is None else rng
+  return evaluation.evaluate(model, params, eval_batches(config, split, num_examples), rng=rng,
+                             num_samples=num_samples, num_examples=num_examples)
+
+
+def _scalar_results(results):
+  return {k: v for k, v in results.items() if isinstance(v, (int, float)) and
+          not isinstance(v, bool)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming if `workdir` has checkpoints) and evaluates.
+
+  Returns:
+    The last evaluation's results (see `evaluation.evaluate`), or {} if the
+    run stopped early on SIGTERM.
+  """
+  mesh = parallel.make_mesh()
+  model_cfg = validate(config, num_devices=mesh.devices.size)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  _check_config_matches(workdir, config)
+
+  if is_main:
+    pipeline.prepare(config.data)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("data prepared")
+  train_iter = pipeline.make_train_iterator(config.data, global_batch_size=config.train.batch_size,
+                                            seed=config.train.seed)
+  start_position = train_iter.get_state()
+  example = next(train_iter)
+  train_iter.set_state(start_position)
+
+  train_step = make_train_step(config, mesh=mesh)
+  model = train_step.model
+  _check_model_accepts_data(model, example, config)
+  state = create_train_state(config, jax.random.key(config.train.seed), example, mesh=mesh)
+
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                             max_to_keep=config.train.keep_checkpoints)
+  start_step = checkpointer.latest_step()
+  if start_step is not None:
+    state, extra = checkpointer.restore(state)
+    train_iter.set_state(extra["data_iterator"])
+    logging.info("Resumed from the checkpoint at step %d in %s.", start_step,
+                 checkpointer.directory)
+  else:
+    start_step = 0
+  if is_main:
+    summary.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
+  writer = summary.MetricWriter(workdir, enabled=is_main,
+                                resume_step=start_step if start_step else None)
+  num_steps = config.train.num_steps
+  progress = summary.Progress(num_steps, batch_size=config.train.batch_size,
+                              start_step=start_step, print_fn=logging.info if not is_main
+                              else _print_and_log)
+  figure_dir = os.path.join(workdir, FIGURE_DIR)
+  results = {}
+
+  def evaluate_and_draw(step):
+    params = _local_copy(state.params["net"])
+    t = time.time()
+    res = run_evaluation(model, params, config, config.eval.split)
+    writer.write(step, _scalar_results(res), prefix="eval/")
+    logging.info("Evaluation at step %d on %s took %.1fs.", step, config.eval.split,
+                 time.time() - t)
+    if is_main:
+      paths, _ = draw_figures(model, params, config, config.eval.split,
+                              os.path.join(figure_dir, f"step_{step:07d}"),
+                              title=f"step {step}, {config.eval.split}: ")
+      logging.info("Figures: %s", ", ".join(paths))
+    return res
+
+  def save(step):
+    checkpointer.save(step, state, {"data_iterator": train_iter.get_state()})
+
+  pending = []
+  step = start_step
+  stopped_early = False
+  try:
+    with _Preemption() as preemption:
+      while step < num_steps:
+        batch = next(train_iter)
+        state, metrics = train_step(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        last = step == num_steps
+        log_now = step % config.train.log_every == 0 or last or step == start_step + 1
+        checkpoint_now = step % config.train.checkpoint_every == 0 or last
+        check_preemption = jax.process_count() == 1 or log_now or checkpoint_now
+        preempted = check_preemption and preemption.any_process()
+        if log_now or checkpoint_now or preempted:
+          fetched = _fetch(pending)   # raises NonFiniteError before anything is saved
+          pending = []
+          if log_now:
+            s, m = fetched[-1]
+            writer.write(s, m)
+            progress.update(s, {"loss": m["loss"], "rec_sum": m["rec_sum"],
+                                "kl_sum": m["kl_sum"],
+                                **({"lambda": m["lagmul"]} if "lagmul" in m else {})})
+        if checkpoint_now or preempted:
+          save(step)
+        if preempted and not last:
+          stopped_early = True
+          logging.warning("Stopped at step %d after SIGTERM; the checkpoint is saved. Run the "
+                          "same command again to resume.", step)
+          break
+        if step % config.train.eval_every == 0 or last:
+          results = evaluate_and_draw(step)
+      if not stopped_early and step == start_step:  # nothing left to train
+        logging.info("Already trained to step %d (train.num_steps=%d).", step, num_steps)
+        results = evaluate_and_draw(step)
+  except NonFiniteError as e:
+    checkpointer.wait_until_finished()
+    raise NonFiniteError(f"{e}; stopped. The last good checkpoint is step "
+                         f"{checkpointer.latest_step()} in {checkpointer.directory}") from None
+  finally:
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    writer.close()
+
+  if results and is_main:
+    _print_and_log(f"Evaluation on {config.eval.split} at step {step} "
+                   f"({results['num_images']} images, {config.eval.num_samples} samples each):\n"
+                   + evaluation.format_table(results))
+    _print_and_log(f"Figures are in {figure_dir}; metrics in "
+                   f"{os.path.join(workdir, summary.METRICS_FILE)}; TensorBoard: "
+                   f"tensorboard --logdir {workdir}")
+  return results
+
+
+class _QuietLibraries:
+  """Drops INFO lines from orbax/grain/tfds, which log every file they touch."""
+
+  _NOISY = (os.sep + "orbax" + os.sep, os.sep + "grain" + os.sep,
+            os.sep + "tensorflow_datasets" + os.sep, os.sep + "etils" + os.sep)
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or not any(
+        part in record.pathname for part in self._NOISY)
+
+
+def quiet_library_logs():
+  """Keeps the command-line tools' output to their own progress and results."""
+  handler = logging.get_absl_handler()
+  # ABSLHandler hands records to its python_handler without filtering them itself.
+  for h in (handler, handler.python_handler):
+    h.addFilter(_QuietLibraries())
+
+
+def _print_and_log(line):
+  print(line, flush=True)
+
+
+def restore_params(workdir, config=None, *, step=None):
+  """Loads the config (from `workdir/config.json` unless given) and the network parameters.
+
+  Returns:
+    `(config, model, params, step)`; params are local (single-device) arrays.
+  """
+  if config is None:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+    with open(path) as f:
+      config = config_from_json(json.load(f))
+  validate(config)
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
+  try:
+    step = step if step is not None else checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+    train_step = make_train_step(config)
+    image_size = config.data.crop_size or config.data.image_size
+    example = _example_batch(config, image_size)
+    target = create_train_state(config, jax.random.key(0), example, mesh=train_step.mesh)
+    state, _ = checkpointer.restore(target, step)
+  finally:
+    checkpointer.close()
+  return config, train_step.model, _local_copy(state.params["net"]), step
+
+
+def _example_batch(config, image_size):
+  if image_size is None:
+    info = pipeline.make_eval_iterator(config.data, "train", batch_size=1, num_examples=1)
+    image = next(iter(info))["image"]
+  else:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    image = np.zeros((1,) + size + (config.data.num_channels,), np.float32)
+  return {"image": image,
+          "segmentation": np.zeros(image.shape[:3] + (config.model.num_classes,), np.float32)}
+
+
+def config_from_json(values):
+  """Rebuilds a ConfigDict saved by `train_and_evaluate` (tuples restored)."""
+  base = config_lib.base_config()
+
+  def convert(reference, value):
+    if isinstance(value, list) and (reference is None or isinstance(reference, tuple)):
+      return tuple(value)
+    return value
+
+  for group, fields in values.items():
+    if group not in base:
+      base[group] = ml_collections.ConfigDict(fields)
+      continue
+    for key, value in fields.items():
+      reference = base[group].get(key) if key in base[group] else None
+      with base.unlocked():
+        base[group][key] = convert(reference, value)
+  return base
