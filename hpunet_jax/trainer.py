@@ -319,16 +319,15 @@ class _QuietLibraries:
             os.sep + "tensorflow_datasets" + os.sep, os.sep + "etils" + os.sep)
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or not any(
+    return record.levelno >= 30 or not any(  # 30: Python's WARNING (absl's constants differ)
         part in record.pathname for part in self._NOISY)
 
 
 def quiet_library_logs():
   """Keeps the command-line tools' output to their own progress and results."""
-  handler = logging.get_absl_handler()
-  # ABSLHandler hands records to its python_handler without filtering them itself.
-  for h in (handler, handler.python_handler):
-    h.addFilter(_QuietLibraries())
+  import logging as python_logging  # pylint: disable=g-import-not-at-top
+  # Every absl.logging call goes through the 'absl' logger, whatever handler prints it.
+  python_logging.getLogger("absl").addFilter(_QuietLibraries())
 
 
 def _print_and_log(line):
