@@ -1,0 +1,191 @@
+"""End-to-end tests of the command-line tools on a tiny synthetic config."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import synthetic
+from hpunet_jax import checkpoint, png, summary, trainer
+from hpunet_jax.data import pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(module, *args, timeout=600, check=True):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                         f"{proc.stderr[-5000:]}")
+  return proc
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny", f"--workdir={workdir}",
+              f"--config.data.data_dir={data_dir}")
+  return workdir, proc
+
+
+def test_train_cli_writes_metrics_checkpoints_figures(trained):
+  workdir, proc = trained
+  rows = summary.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  train_rows = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 4, 6]
+  assert all(np.isfinite(r["loss"]) for r in train_rows)
+  eval_rows = [r for r in rows if "eval/ged_16" in r]
+  assert [r["step"] for r in eval_rows] == [6] and "eval/exact_ged" in eval_rows[0]
+  assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3, 6]
+  for name in ("step_0000006.png", "step_0000006_coarsest_free.png",
+               "step_0000006_finest_free.png"):
+    image = png.read_png(os.path.join(workdir, "figures", name))
+    assert image.shape[2] == 3 and image.shape[0] > 100
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  assert config["train"]["num_steps"] == 6
+  assert any(f.startswith("events.out.tfevents.") for f in os.listdir(workdir))
+  assert "ged_16" in proc.stdout and "exact GED" in proc.stdout     # the final table
+  assert "img/s" in proc.stdout and "ETA" in proc.stdout            # progress lines
+
+
+def test_rerun_after_the_end_does_not_train_again(trained, data_dir):
+  workdir, _ = trained
+  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny", f"--workdir={workdir}",
+              f"--config.data.data_dir={data_dir}", "--config.eval.num_samples=4")
+  assert "Already trained to step 6" in proc.stderr
+  assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 6
+
+
+def test_evaluate_and_sample_cli(trained, data_dir, tmp_path):
+  workdir, _ = trained
+  proc = _run("experiments.evaluate", "--config=configs/synthetic.py:tiny",
+              f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--split=test",
+              "--num_samples=16", "--num_examples=3")
+  results = json.load(open(os.path.join(workdir, "evaluation.json")))
+  for key in ("ged_16", "hm_iou_16", "iou_rec", "ncc", "diversity", "exact_ged",
+              "exact_ged_floor", "exact_ged_single_guess", "exact_ged_normalised", "match_rate",
+              "tvd"):
+    assert key in results and key in proc.stdout
+  assert results["num_images"] == 3 and results["step"] == 6
+  out = str(tmp_path / "s" / "samples.png")
+  _run("experiments.sample", f"--workdir={workdir}", f"--output={out}", "--num_samples=4",
+       "--indices=1,3")
+  arrays = np.load(str(tmp_path / "s" / "samples.npz"))
+  assert arrays["samples"].shape == (4, 2, 32, 32)
+  assert list(arrays["indices"]) == [1, 3]
+  assert os.path.exists(str(tmp_path / "s" / "samples_finest_free.png"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.batch_size=-8", "train.batch_size"),
+    ("--config.train.batch_size=abc", "batch_size"),
+    ("--config.model.bogus=3", "bogus"),
+    ("--config.loss.type=mse", "loss.type"),
+    ("--config.model.channels_per_block=(4,8,8,8,8,8,8)", "data"),
+])
+def test_bad_overrides_stop_with_a_message_naming_the_field(tmp_path, data_dir, override,
+                                                             message):
+  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny",
+              f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}", override,
+              check=False, timeout=300)
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr[-3000:]
+  assert not os.path.exists(tmp_path / "w" / "checkpoints" / "1")
+
+
+def _tiny(data_dir, **train):
+  config = synthetic.get_config("tiny")
+  config.data.data_dir = data_dir
+  config.train.eval_every = 1000
+  config.eval.num_samples = 4
+  config.eval.num_examples = 2
+  for key, value in train.items():
+    config.train[key] = value
+  return config
+
+
+def _final_params(workdir, config):
+  _, _, params, step = trainer.restore_params(workdir, config)
+  return step, jax.tree.leaves(params)
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path, data_dir):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  trainer.train_and_evaluate(_tiny(data_dir, num_steps=6), straight)
+  trainer.train_and_evaluate(_tiny(data_dir, num_steps=3), resumed)
+  trainer.train_and_evaluate(_tiny(data_dir, num_steps=6), resumed)   # raising num_steps resumes
+  step_a, params_a = _final_params(straight, _tiny(data_dir, num_steps=6))
+  step_b, params_b = _final_params(resumed, _tiny(data_dir, num_steps=6))
+  assert step_a == step_b == 6
+  for a, b in zip(params_a, params_b):
+    np.testing.assert_array_equal(a, b)
+  rows_a = [r for r in summary.read_jsonl(os.path.join(straight, "metrics.jsonl")) if "loss" in r]
+  rows_b = [r for r in summary.read_jsonl(os.path.join(resumed, "metrics.jsonl")) if "loss" in r]
+  assert rows_a[-1] == rows_b[-1]
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, data_dir, monkeypatch):
+  make = pipeline.make_train_iterator
+
+  class Poisoned:
+    """Yields NaN images from the 5th batch on."""
+
+    def __init__(self, inner):
+      self.inner, self.count = inner, 0
+
+    def __next__(self):
+      batch = next(self.inner)
+      self.count += 1
+      if self.count >= 5:
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      return batch
+
+    def get_state(self):
+      return self.inner.get_state()
+
+    def set_state(self, state):
+      self.inner.set_state(state)
+
+  monkeypatch.setattr(pipeline, "make_train_iterator", lambda *a, **k: Poisoned(make(*a, **k)))
+  workdir = str(tmp_path / "nan")
+  # The first next() only peeks at shapes (the iterator is rewound), so step 4 sees the 5th batch.
+  with pytest.raises(trainer.NonFiniteError, match=r"at step 4.*last good checkpoint is step 3"):
+    trainer.train_and_evaluate(_tiny(data_dir, num_steps=6, log_every=1), workdir)
+  assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3]
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
+  workdir = str(tmp_path / "preempt")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", "--config=configs/synthetic.py:tiny",
+       f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+       "--config.train.num_steps=100000", "--config.train.log_every=1",
+       "--config.train.checkpoint_every=100000"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  for line in proc.stdout:
+    if line.startswith("step 3/"):
+      break
+    assert time.time() < deadline
+  proc.send_signal(signal.SIGTERM)
+  output = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, output[-3000:]
+  assert "Stopped at step" in output
+  steps = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
+  assert len(steps) == 1 and 3 <= steps[0] < 100000
