@@ -17,6 +17,7 @@ setup(
         "ml_collections>=1.0.0",
         "absl-py>=2.1.0",
         "tensorflow-datasets>=4.9.7",
+        "importlib_resources>=5.0",  # used by tensorflow-datasets, which does not declare it
         "array_record>=0.7.0",
         "grain>=0.2.10",
         "orbax-checkpoint>=0.11.10",

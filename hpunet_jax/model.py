@@ -417,7 +417,7 @@ class Model(NamedTuple):
 
 
 def make_model(config: HPUNetConfig | None = None) -> Model:
-  """Builds the pure functions of an HPU-Net.
+  """Builds the pure functions of an HPU-Net (one `Model` per distinct config).
 
   Returns a `Model` with:
     init(rng, images, segmentations) -> params
@@ -435,7 +435,13 @@ def make_model(config: HPUNetConfig | None = None) -> Model:
   `[B, H, W, num_classes]`; H and W must be multiples of
   `config.size_multiple`.
   """
-  config = config or HPUNetConfig()
+  return _make_model(config or HPUNetConfig())
+
+
+@functools.lru_cache(maxsize=32)
+def _make_model(config: HPUNetConfig) -> Model:
+  # Cached so that every caller with the same config shares the jitted
+  # functions and their compilations.
 
   def _fns():
     net = HPUNet(config)

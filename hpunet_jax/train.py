@@ -11,6 +11,7 @@ threefry makes the values independent of how the batch is sharded, so a
 given global batch and seed give the same step on any number of devices and
 processes (up to the order of floating-point reductions).
 """
+import json
 from typing import Any, NamedTuple
 
 import jax
@@ -117,8 +118,22 @@ def make_train_step(config, *, mesh=None):
   are assembled with `jax.make_array_from_process_local_data`).
   """
   model_cfg = config_lib.validate(config)
-  model = make_model(model_cfg)
   mesh = mesh or parallel.make_mesh()
+  # Only these groups enter the traced step; a cache keyed on them lets
+  # repeated calls (resumed runs in one process, tests, notebooks) share one
+  # compilation.
+  key = (json.dumps({g: config[g].to_dict() for g in ("model", "loss", "optim")},
+                    sort_keys=True, default=str), mesh)
+  if key not in _TRAIN_STEPS:
+    _TRAIN_STEPS[key] = _build_train_step(config, model_cfg, mesh)
+  return _TRAIN_STEPS[key]
+
+
+_TRAIN_STEPS = {}
+
+
+def _build_train_step(config, model_cfg, mesh):
+  model = make_model(model_cfg)
   optimizer, schedule = make_optimizer(config.optim)
   loss_fn = make_loss_fn(config, model)
 
