@@ -6,6 +6,7 @@
 import os
 
 from absl import app, flags
+import jax
 from ml_collections import config_flags
 
 from hpunet_jax import evaluation, summary, trainer
@@ -31,11 +32,22 @@ def main(argv):
                                    num_samples=_NUM_SAMPLES.value,
                                    num_examples=_NUM_EXAMPLES.value)
   results.update(step=step, split=_SPLIT.value, num_samples=_NUM_SAMPLES.value)
+  factors = None
+  if "exact_ged" in results and model.config.num_scales > 1:
+    # Which factor of the known distribution each latent scale carries.
+    factors = evaluation.factor_statistics(
+        model, params, trainer.eval_batches(config, _SPLIT.value, _NUM_EXAMPLES.value),
+        rng=jax.random.key(config.train.seed + 2), num_samples=_NUM_SAMPLES.value,
+        num_examples=_NUM_EXAMPLES.value)
+    results["scales"] = factors
   path = os.path.join(_WORKDIR.value, "evaluation.json")
   summary.write_json(path, results)
   print(f"{config.data.name} {_SPLIT.value}, checkpoint step {step}, "
         f"{results['num_images']} images, {_NUM_SAMPLES.value} samples each:")
   print(evaluation.format_table(results))
+  if factors is not None:
+    print("\nWhat each latent scale carries (samples assigned to their nearest candidate):")
+    print(evaluation.format_factor_table(factors))
   print(f"Written to {path}")
 
 

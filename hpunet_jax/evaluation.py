@@ -266,3 +266,92 @@ def format_table(results: Mapping[str, Any]) -> str:
         f", TVD {_format_number(results['tvd'])}",
     ]
   return "\n".join(lines)
+
+
+def scale_variants(num_scales):
+  """`mean` settings that free all scales, only the coarsest, or only the finest."""
+  variants = {"all scales free": False}
+  if num_scales > 1:
+    variants["coarsest free"] = tuple(i != 0 for i in range(num_scales))
+    variants["finest free"] = tuple(i != num_scales - 1 for i in range(num_scales))
+  return variants
+
+
+def factor_statistics(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
+                      num_samples: int = 100, num_examples: Optional[int] = None) -> dict:
+  """Which factor of a known distribution each latent scale carries.
+
+  For data whose candidates are one empty mask (the *global* factor: is there
+  a foreground at all) and several non-empty variants (the *local* factor:
+  which boundary), each sample is assigned to its nearest candidate (highest
+  IoU). Per `scale_variants` setting, averaged over images:
+
+  - `p_foreground`: share of samples that are not the empty candidate (the
+    true value is `1 - p(empty)`);
+  - `global_tvd`: |p_foreground - true p_foreground|, the total-variation
+    distance over the global factor alone;
+  - `local_tvd`: total-variation distance between the variants' frequencies
+    among foreground samples and the true conditional probabilities (over
+    images with foreground samples);
+  - `local_entropy`: entropy (nats) of the variants among foreground samples:
+    0 when the local factor does not vary;
+  - `match_rate`: share of samples within IoU 0.9 of their candidate.
+
+  Returns:
+    `{variant: {statistic: value}}`.
+  """
+  variants = scale_variants(model.config.num_scales)
+  sums = {v: {} for v in variants}
+  counts = {v: {} for v in variants}
+
+  def add(variant, key, value):
+    sums[variant][key] = sums[variant].get(key, 0.0) + value
+    counts[variant][key] = counts[variant].get(key, 0) + 1
+
+  seen = 0
+  for index, batch in enumerate(batches):
+    if num_examples is not None and seen >= num_examples:
+      break
+    if num_examples is not None:
+      batch = _truncate(batch, num_examples - seen)
+    if "candidates" not in batch:
+      raise ValueError("factor_statistics needs data with candidates (e.g. synthetic_multiscale)")
+    images = jnp.asarray(batch["image"], jnp.float32)
+    candidates = np.asarray(batch["candidates"]) > 0.5               # [b, K, H, W]
+    probs = np.asarray(batch["candidate_probs"], np.float64)
+    seen += images.shape[0]
+    for v_index, (variant, mean) in enumerate(variants.items()):
+      logits = model.sample(params, jax.random.fold_in(jax.random.fold_in(rng, index), v_index),
+                            images, num_samples=num_samples, mean=mean)
+      samples = jnp.moveaxis(jnp.argmax(logits, -1) == 1, 0, 1)       # [b, N, H, W]
+      iou = np.asarray(metrics.batched_pairwise_iou(samples, jnp.asarray(candidates)))
+      for i in range(images.shape[0]):
+        empty = ~candidates[i].reshape(candidates.shape[1], -1).any(axis=1)
+        if empty.sum() != 1:
+          raise ValueError("factor_statistics needs exactly one empty candidate per image")
+        nearest = np.argmax(iou[i], axis=1)
+        is_fg = ~empty[nearest]
+        p_fg_true = 1.0 - probs[i][empty].sum()
+        add(variant, "p_foreground", is_fg.mean())
+        add(variant, "global_tvd", abs(is_fg.mean() - p_fg_true))
+        add(variant, "match_rate", (iou[i][np.arange(len(nearest)), nearest] >= 0.9).mean())
+        if is_fg.any():
+          local = np.bincount(nearest[is_fg], minlength=len(empty))[~empty] / is_fg.sum()
+          true_local = probs[i][~empty] / p_fg_true
+          add(variant, "local_tvd", 0.5 * np.abs(local - true_local).sum())
+          nonzero = local[local > 0]
+          add(variant, "local_entropy", float(-(nonzero * np.log(nonzero)).sum()))
+  return {v: {k: sums[v][k] / counts[v][k] for k in sums[v]} for v in variants}
+
+
+def format_factor_table(stats: Mapping[str, Mapping[str, float]], true_p_foreground=None) -> str:
+  """A table of `factor_statistics` (one row per setting)."""
+  keys = ("p_foreground", "global_tvd", "local_tvd", "local_entropy", "match_rate")
+  lines = ["setting          | " + " | ".join(f"{k:>13}" for k in keys),
+           "-----------------+-" + "-+-".join("-" * 13 for _ in keys)]
+  for variant, values in stats.items():
+    lines.append(f"{variant:<16} | " + " | ".join(
+        f"{values[k]:13.3f}" if k in values else f"{'-':>13}" for k in keys))
+  if true_p_foreground is not None:
+    lines.append(f"(true p_foreground {true_p_foreground:.3f})")
+  return "\n".join(lines)
