@@ -176,8 +176,8 @@ def _normalised_cross_correlation(a, b):
 def ncc(sample_probs, graders) -> jax.Array:
   """S_NCC: correlation of the model's uncertainty map with its errors.
 
-  Follows PHiSeg's `variance_ncc_dist`: with `CE(t, s) = -sum_c t_c log(s_c +
-  1e-8)` over both classes, per pixel
+  Follows PHiSeg's `variance_ncc_dist`: with `CE(t, s) = -sum_c t_c log(max(s_c,
+  1e-8))` over both classes, per pixel
     `gamma = E_s[CE(s_bar, s)]` (s_bar: mean of the sample probabilities) and
     `e_y = E_s[CE(y, s)]` for each grader `y`;
   `S_NCC = mean_y NCC(gamma, e_y)` with `NCC(a, b) = mean((a - mean a)(b -
@@ -196,8 +196,11 @@ def ncc(sample_probs, graders) -> jax.Array:
   graders = _as_float_masks(graders)
   # CE is linear in its target, so E_s[CE(t, s)] only needs the sample means of
   # log s and log(1 - s): no [M, N, H, W] array.
-  mean_log_fg = jnp.log(probs + _LOG_EPSILON).mean(-3, keepdims=True)  # [..., 1, H, W]
-  mean_log_bg = jnp.log(1.0 - probs + _LOG_EPSILON).mean(-3, keepdims=True)
+  # log(max(p, eps)) rather than PHiSeg's log(p + eps): under jit XLA may
+  # reassociate `1 - p + eps` into `(1 + eps) - p`, which is 0 in float32 for
+  # a saturated p = 1, and log(0) turned every S_NCC into 0.
+  mean_log_fg = jnp.log(jnp.maximum(probs, _LOG_EPSILON)).mean(-3, keepdims=True)  # [..., 1, H, W]
+  mean_log_bg = jnp.log(jnp.maximum(1.0 - probs, _LOG_EPSILON)).mean(-3, keepdims=True)
   expected_ce = lambda t: -(t * mean_log_fg + (1.0 - t) * mean_log_bg)
   gamma = expected_ce(probs.mean(-3, keepdims=True))  # [..., 1, H, W]
   grader_ce = expected_ce(graders)  # [..., M, H, W]

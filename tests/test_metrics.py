@@ -310,3 +310,13 @@ def test_disc_toy_reference_numbers():
   assert one_pixel_small == pytest.approx(0.104, abs=0.01)
   # Exactly the true frequencies beat the floor (which is for i.i.d. draws).
   assert metrics.exact_ged(candidates[idx], candidates, probs) == pytest.approx(0, abs=1e-6)
+
+
+def test_ncc_with_saturated_probabilities_under_jit():
+  """Probabilities of exactly 0 and 1 (confident samples) must not zero S_NCC."""
+  probs = np.zeros((10, 16, 16), np.float32)
+  probs[:5, 4:8, 4:8] = 1.0
+  graders = np.zeros((2, 16, 16), bool)
+  graders[:, 4:8, 4:9] = True
+  value = float(metrics.ncc(probs, graders))
+  assert 0.5 < value <= 1.0
