@@ -61,11 +61,18 @@ def test_lidc_sample_shape():
   assert out.shape == (16, 2, 128, 128, 2)
 
 
-@hk.testing.transform_and_run(seed=0)
 def test_core_intermediate_shapes():
+  """Shapes via eval_shape: traced, nothing compiled or run."""
   images, _ = _batch()
-  core = model_lib.HierarchicalCore(TEST_CONFIG, name="prior")
-  out = core(images)
+
+  def f(x):
+    out = model_lib.HierarchicalCore(TEST_CONFIG, name="prior")(x)
+    logits = model_lib.StitchingDecoder(TEST_CONFIG)(out.decoder_features, out.encoder_features)
+    return out, logits
+
+  transformed = hk.transform(f)
+  params = jax.eval_shape(transformed.init, jax.random.key(0), images)
+  out, logits = jax.eval_shape(transformed.apply, params, jax.random.key(1), images)
   assert [f.shape for f in out.encoder_features] == [
       (2, 32, 32, 5), (2, 16, 16, 7), (2, 8, 8, 9), (2, 4, 4, 11), (2, 2, 2, 13)]
   assert [d.mu.shape for d in out.distributions] == [(2, 2, 2, 3), (2, 4, 4, 2), (2, 8, 8, 1)]
@@ -75,7 +82,6 @@ def test_core_intermediate_shapes():
   assert TEST_CONFIG.latent_shapes(32, 32) == [(2, 2, 3), (4, 4, 2), (8, 8, 1)]
   # After the last latent scale the decoder is at level -(3 + 1): 16x16, 7 channels.
   assert out.decoder_features.shape == (2, 16, 16, 7)
-  logits = model_lib.StitchingDecoder(TEST_CONFIG)(out.decoder_features, out.encoder_features)
   assert logits.shape == (2, 32, 32, 2)
 
 
