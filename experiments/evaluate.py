@@ -18,7 +18,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkp
 _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate: train, validation or test.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "Samples per image (>= 100 for GED100).",
                                     lower_bound=1)
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Only the first N images of the split.",
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Only the first N images of the split "
+                                     "(default: all).",
                                      lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -28,6 +29,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   trainer.quiet_library_logs()
   config, model, params, step = trainer.restore_params(_WORKDIR.value, _CONFIG.value)
+  config.eval.num_examples = _NUM_EXAMPLES.value   # None: the whole split
   results = trainer.run_evaluation(model, params, config, _SPLIT.value,
                                    num_samples=_NUM_SAMPLES.value,
                                    num_examples=_NUM_EXAMPLES.value)
