@@ -1,0 +1,1 @@
+"""Benchmarks of hpunet-jax (not part of the installed package)."""
