@@ -117,14 +117,9 @@ def cpu_peak_flops():
 
 def machine_info():
   device = jax.devices()[0]
+  import jaxlib  # pylint: disable=import-outside-toplevel
   info = dict(platform=device.platform, device_kind=device.device_kind,
-              num_devices=jax.device_count(), jax=jax.__version__,
-              jaxlib=jax.lib.__version__ if hasattr(jax.lib, "__version__") else None)
-  try:
-    import jaxlib
-    info["jaxlib"] = jaxlib.__version__
-  except ImportError:
-    pass
+              num_devices=jax.device_count(), jax=jax.__version__, jaxlib=jaxlib.__version__)
   if device.platform == "cpu":
     peak, how = cpu_peak_flops()
     info.update(machine=cpu_model(), cores=len(os.sched_getaffinity(0)), peak_flops=peak,
@@ -232,7 +227,7 @@ def report(name, info, stats, step_s, median_s, work, unit, **extra):
                 peak_gflops=round(info["peak_flops"] / 1e9, 1),
                 fraction_of_peak=round(achieved / info["peak_flops"], 4),
                 peak_how=info["peak_flops_how"])
-  line.update(peak_memory(), **extra)
+  line.update(peak_memory(), gemm_weight_grad_sizes=info.get("gemm_weight_grad_sizes"), **extra)
   if "xla_flags" in info:
     line["xla_flags"] = info["xla_flags"]
   print(json.dumps(line), flush=True)
@@ -318,6 +313,8 @@ def main(argv):
   del argv
   config = make_config()
   info = machine_info()
+  resolved = hpunet_jax.make_model(config_lib.model_config(config)).config
+  info["gemm_weight_grad_sizes"] = list(resolved.gemm_weight_grad_sizes)
   for what in FLAGS.what:
     if what == "train":
       bench_train(config, info)

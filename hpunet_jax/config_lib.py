@@ -28,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
       compute_dtype="float32",
       remat=False,
       max_abs_log_sigma=ml_collections.config_dict.placeholder(float),
+      # Speed only: heights whose 3x3 weight gradients run as one GEMM; None
+      # picks model.CPU_GEMM_WEIGHT_GRAD_SIZES on CPU, () elsewhere.
+      gemm_weight_grad_sizes=ml_collections.config_dict.placeholder(tuple),
   ))
 
   c.loss = ml_collections.ConfigDict(dict(

@@ -33,6 +33,10 @@ ACTIVATIONS = {
     "leaky_relu": jax.nn.leaky_relu,
 }
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Where the GEMM weight gradient shortens the whole training step on XLA:CPU
+# (benchmarks/RESULTS.md: -6% to -11% at 64x64; slower at 128x128; no
+# measurable gain at 32x32 or below, for more temporary memory).
+CPU_GEMM_WEIGHT_GRAD_SIZES = (64,)
 
 # The release's initialisers: orthogonal weights (gain 1), biases from a normal
 # with std 0.001 truncated at two standard deviations. `make_model().init`
@@ -87,7 +91,7 @@ def _host_init(rng, abstract_params):
 def _positive_tuple(name, value, allow_empty=False):
   try:
     value = tuple(int(v) for v in value)
-  except TypeError as e:
+  except (TypeError, ValueError) as e:
     raise ValueError(f"HPUNetConfig.{name} must be a sequence of ints, got {value!r}") from e
   if not value and not allow_empty:
     raise ValueError(f"HPUNetConfig.{name} must not be empty")
@@ -118,6 +122,10 @@ class HPUNetConfig:
       instead of storing them (less memory, more compute).
     max_abs_log_sigma: if set, clip `log_sigma` to this magnitude before use
       (other ports clip at 10 to avoid `exp` overflow); None, as the release.
+    gemm_weight_grad_sizes: feature-map heights at which the 3x3 convolutions
+      compute their weight gradient as one GEMM (see `Conv`) instead of XLA's
+      convolution: the same values, only a speed choice. None: `make_model`
+      uses `CPU_GEMM_WEIGHT_GRAD_SIZES` on CPU and () elsewhere.
   """
   latent_dims: Sequence[int] = (1, 1, 1, 1)
   channels_per_block: Sequence[int] = (24, 48, 96, 192, 192, 192, 192, 192)
@@ -129,6 +137,7 @@ class HPUNetConfig:
   compute_dtype: str = "float32"
   remat: bool = False
   max_abs_log_sigma: float | None = None
+  gemm_weight_grad_sizes: Sequence[int] | None = None
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -162,6 +171,9 @@ class HPUNetConfig:
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"HPUNetConfig.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
                        f"got {self.compute_dtype!r}")
+    if self.gemm_weight_grad_sizes is not None:
+      set_("gemm_weight_grad_sizes", _positive_tuple(
+          "gemm_weight_grad_sizes", self.gemm_weight_grad_sizes, allow_empty=True))
     if self.max_abs_log_sigma is not None and not self.max_abs_log_sigma > 0:
       raise ValueError(f"HPUNetConfig.max_abs_log_sigma must be positive or None, "
                        f"got {self.max_abs_log_sigma!r}")
@@ -218,21 +230,74 @@ def kl_divergence(q: Gaussian, p: Gaussian) -> jax.Array:
   return jnp.sum(kl, axis=(1, 2, 3))
 
 
+_CONV_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _same_conv(x, w):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_CONV_DIMENSIONS)
+
+
+def _gemm_weight_grad(x, g, kernel):
+  """`d loss / d w` of a stride-1 SAME conv as one matrix product: `[k, k, C, D]`.
+
+  `dw[i, j] = sum_{b, h, w} x_pad[b, h + i, w + j] (x) g[b, h, w]`: the `k*k`
+  copies of `g`, each shifted by `(i, j)` into the padded grid and stacked on
+  the channel axis, make it one GEMM `[C, B*H'*W'] x [B*H'*W', k*k*D]`.
+  """
+  p = kernel // 2
+  channels, out_channels = x.shape[-1], g.shape[-1]
+  x_pad = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  shifted = jnp.concatenate(
+      [jnp.pad(g, ((0, 0), (i, 2 * p - i), (j, 2 * p - j), (0, 0)))
+       for i in range(kernel) for j in range(kernel)], axis=-1)
+  dw = jnp.einsum("bhwc,bhwk->ck", x_pad, shifted, preferred_element_type=jnp.float32)
+  dw = dw.reshape(channels, kernel, kernel, out_channels).transpose(1, 2, 0, 3)
+  return dw.astype(x.dtype)
+
+
+@jax.custom_vjp
+def _conv_gemm_weight_grad(x, w):
+  """`_same_conv` whose weight gradient is `_gemm_weight_grad` (same values)."""
+  return _same_conv(x, w)
+
+
+def _conv_gemm_forward(x, w):
+  return _same_conv(x, w), (x, w)
+
+
+def _conv_gemm_backward(residuals, g):
+  x, w = residuals
+  # The input gradient of a stride-1 SAME conv with an odd kernel is the SAME
+  # conv of `g` with the kernel flipped in space and its channel axes swapped.
+  dx = _same_conv(g, jnp.flip(w, (0, 1)).swapaxes(2, 3))
+  return dx, _gemm_weight_grad(x, g, w.shape[0])
+
+
+_conv_gemm_weight_grad.defvjp(_conv_gemm_forward, _conv_gemm_backward)
+
+
 class Conv(hk.Module):
   """A stride-1 SAME convolution with bias, the parameters of `hk.Conv2D`.
 
   Parameters `w` `[k, k, C_in, C_out]` and `b` `[C_out]` (names, shapes and
-  initialisers as `hk.Conv2D(channels, kernel, padding='SAME')`). A 1x1
-  kernel runs as a matrix product over the channel axis: the same function,
-  but XLA:CPU computes a product's weight gradient as one GEMM, while it runs
-  a 1x1 convolution's as a convolution over the whole image with the batch
-  as feature axis, 3-6x slower (benchmarks/RESULTS.md).
+  initialisers as `hk.Conv2D(channels, kernel, padding='SAME')`). The same
+  function, computed in ways XLA:CPU runs faster (benchmarks/RESULTS.md):
+
+  * a 1x1 kernel runs as a matrix product over the channel axis: XLA:CPU
+    computes a product's weight gradient as one GEMM, but a 1x1
+    convolution's as a convolution over the whole image with the batch as
+    feature axis (after two transposes), 3-6x slower;
+  * with `gemm_weight_grad=True` a 3x3 kernel's weight gradient is one GEMM
+    too (`_gemm_weight_grad`, a custom VJP). That is faster than XLA:CPU's
+    own at some sizes only (64x64 on the benchmark machine), hence the
+    switch (`HPUNetConfig.gemm_weight_grad_sizes`).
   """
 
-  def __init__(self, channels, kernel, name=None):
+  def __init__(self, channels, kernel, name=None, *, gemm_weight_grad=False):
     super().__init__(name=name)
     self._channels = channels
     self._kernel = kernel
+    self._gemm_weight_grad = gemm_weight_grad
 
   def __call__(self, x):
     k = self._kernel
@@ -240,31 +305,34 @@ class Conv(hk.Module):
     b = hk.get_parameter("b", (self._channels,), x.dtype, init=B_INIT)
     if k == 1:
       out = jnp.matmul(x, w[0, 0])
+    elif self._gemm_weight_grad:
+      out = _conv_gemm_weight_grad(x, w)
     else:
-      out = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      out = _same_conv(x, w)
     return out + b
 
 
-def _conv(channels, kernel, name):
-  return Conv(channels, kernel, name=name)
+def _conv(channels, kernel, name, gemm_weight_grad=False):
+  return Conv(channels, kernel, name=name, gemm_weight_grad=gemm_weight_grad)
 
 
 class ResBlock(hk.Module):
   """Pre-activated residual block (the release's `res_block`)."""
 
   def __init__(self, out_channels, down_channels, *, convs_per_block=3,
-               activation=jax.nn.relu, name=None):
+               activation=jax.nn.relu, gemm_weight_grad_sizes=(), name=None):
     super().__init__(name=name)
     self._out = out_channels
     self._down = down_channels
     self._convs = convs_per_block
     self._act = activation
+    self._gemm_sizes = tuple(gemm_weight_grad_sizes or ())
 
   def __call__(self, x):
     residual = self._act(x)
+    gemm = x.shape[1] in self._gemm_sizes
     for i in range(self._convs):
-      residual = _conv(self._down, 3, f"conv_{i}")(residual)
+      residual = _conv(self._down, 3, f"conv_{i}", gemm)(residual)
       if i < self._convs - 1:
         residual = self._act(residual)
     skip = x if x.shape[-1] == self._out else _conv(self._out, 1, "skip")(x)
@@ -279,6 +347,7 @@ def _res_stack(x, config, level, name):
   for b in range(config.blocks_per_level):
     block = ResBlock(config.channels_per_block[level], config.down_channels_per_block[level],
                      convs_per_block=config.convs_per_block, activation=act,
+                     gemm_weight_grad_sizes=config.gemm_weight_grad_sizes,
                      name=f"{name}_block_{b}")
     x = hk.remat(block)(x) if config.remat else block(x)
   return x
@@ -463,7 +532,12 @@ def make_model(config: HPUNetConfig | None = None) -> Model:
   `[B, H, W, num_classes]`; H and W must be multiples of
   `config.size_multiple`.
   """
-  return _make_model(config or HPUNetConfig())
+  config = config or HPUNetConfig()
+  if config.gemm_weight_grad_sizes is None:
+    on_cpu = jax.default_backend() == "cpu"
+    config = dataclasses.replace(
+        config, gemm_weight_grad_sizes=CPU_GEMM_WEIGHT_GRAD_SIZES if on_cpu else ())
+  return _make_model(config)
 
 
 @functools.lru_cache(maxsize=32)

@@ -9,6 +9,9 @@
   the same float32 operations, so the same loss and gradients (to float32
   rounding: XLA may fuse the recomputed graph differently).
 
+* `model.gemm_weight_grad_sizes` computes some weight gradients as one GEMM
+  instead of XLA's convolution: the same values to float32 rounding.
+
 Top-k is off here: it selects pixels by their loss, a discontinuous choice
 that a bf16 rounding may flip, which would test the selection, not precision.
 """
@@ -92,3 +95,30 @@ def test_remat_gives_the_same_loss_and_gradients(setup, float32_result):
       g_remat = g_remat[key.key]
     np.testing.assert_allclose(g_remat, g, rtol=1e-4, atol=1e-6,
                                err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("shape, kernel", [((2, 8, 8, 5, 4), 3), ((3, 7, 5, 2, 6), 3),
+                                           ((1, 6, 9, 3, 2), 5), ((2, 4, 4, 4, 4), 1)])
+def test_gemm_weight_gradient_equals_xlas(shape, kernel):
+  """`model.gemm_weight_grad_sizes` changes how a gradient is computed, not its value.
+
+  Non-square maps and kernels other than 3 included: the flattened-grid
+  shifts in `_gemm_weight_grad` depend on the padded width and the kernel.
+  """
+  from hpunet_jax import model as model_lib
+  batch, height, width, channels, out_channels = shape
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((batch, height, width, channels)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, channels, out_channels)), jnp.float32)
+  g = jnp.asarray(rng.standard_normal((batch, height, width, out_channels)), jnp.float32)
+  expected = jax.vjp(model_lib._same_conv, x, w)[1](g)
+  actual = jax.vjp(model_lib._conv_gemm_weight_grad, x, w)[1](g)
+  for a, e in zip(actual, expected):
+    np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-4)
+
+
+def test_gemm_weight_grad_sizes_give_the_same_gradients(setup, float32_result):
+  loss, _, grads = float32_result
+  loss_gemm, _, grads_gemm = _loss_and_grads(_config(gemm_weight_grad_sizes=(16, 8)), *setup)
+  np.testing.assert_allclose(loss_gemm, loss, rtol=1e-6)
+  np.testing.assert_allclose(_flat(grads_gemm), _flat(grads), rtol=1e-4, atol=1e-5)
