@@ -48,6 +48,8 @@ import numpy as np
 import hpunet_jax
 from hpunet_jax import config_lib, metrics
 
+from benchmarks import profile_summary
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 8, "Global batch size (images per step / per sampling call).")
 flags.DEFINE_integer("size", 128, "Image height and width.")
@@ -62,7 +64,8 @@ flags.DEFINE_bool("remat", False, "model.remat: recompute residual blocks in the
 flags.DEFINE_list("what", ["train"], "Measurements: train, sample16, sample100, ged100.")
 flags.DEFINE_integer("num_images", 32, "ged100: images to evaluate (LIDC test split: 1980).")
 flags.DEFINE_string("profile_dir", None, "If set, write a jax.profiler trace of the timed "
-                    "training steps there (view with TensorBoard / Perfetto).")
+                    "training steps there (view with TensorBoard / Perfetto) with the "
+                    "optimised HLO, and print the op time by kind (benchmarks.profile_summary).")
 flags.DEFINE_integer("seed", 0, "Seed of the fake data and the parameters.")
 
 # Dense peaks (FLOP/s) by device kind: (bf16, f32). Data sheets; f32 on
@@ -252,6 +255,12 @@ def bench_train(config, info):
     with jax.profiler.trace(FLAGS.profile_dir):
       for _ in range(FLAGS.steps):
         run_once()
+    hlo_path = os.path.join(FLAGS.profile_dir, profile_summary.HLO_FILE)
+    with open(hlo_path, "w") as f:
+      f.write(compiled.as_text())
+    per_step, total = profile_summary.summarise(
+        profile_summary.latest_trace(FLAGS.profile_dir), compiled.as_text(), FLAGS.steps)
+    print(profile_summary.format_table(per_step, total), flush=True)
   best, median, busy = timed_repeats(run_once, FLAGS.steps, FLAGS.repeats)
   loss = float(compiled(holder[0], batch)[1]["loss"])
   return report("train", info, stats, best, median, FLAGS.batch, "images_per_s",

@@ -1,0 +1,83 @@
+"""The benchmark script runs from the README and its profile summary is right."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import profile_summary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_profile_summary_tells_convolution_directions_apart(tmp_path):
+  """Forward, input-gradient and weight-gradient convolutions each get their time."""
+  def loss(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.tanh(y))
+
+  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((4, 32, 32, 8)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 8, 8)), jnp.float32)
+  compiled = step.lower(x, w).compile()
+  jax.block_until_ready(compiled(x, w))
+  with jax.profiler.trace(str(tmp_path)):
+    for _ in range(2):
+      jax.block_until_ready(compiled(x, w))
+  per_step, total = profile_summary.summarise(
+      profile_summary.latest_trace(str(tmp_path)), compiled.as_text(), steps=2)
+  for kind in ("conv forward", "conv input gradient", "conv weight gradient"):
+    assert per_step.get(kind, 0) > 0, (kind, per_step)
+  assert set(per_step) <= set(profile_summary.KINDS)
+  np.testing.assert_allclose(sum(per_step.values()), total)
+  assert "conv weight gradient" in profile_summary.format_table(per_step, total)
+
+
+def test_latest_trace_names_the_directory_without_a_trace(tmp_path):
+  try:
+    profile_summary.latest_trace(str(tmp_path))
+  except FileNotFoundError as e:
+    assert str(tmp_path) in str(e)
+  else:
+    raise AssertionError("no error for a directory without a trace")
+
+
+def test_throughput_script_prints_one_json_line_per_measurement(tmp_path):
+  """The README's smoke command: train, sampling and GED100 on the tiny network."""
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.throughput", "--config=tiny", "--size=16",
+       "--batch=2", "--steps=1", "--repeats=1", "--warmup=1", "--num_images=2",
+       "--what=train,sample16,ged100", f"--profile_dir={tmp_path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
+  assert [l["what"] for l in lines] == ["train", "sample16", "ged100"]
+  train, sample, ged = lines
+  assert train["images_per_s"] > 0 and train["loss_finite"]
+  assert train["flops"] > 0 and 0 < train["fraction_of_peak"] < 1
+  assert sample["samples_per_s"] > 0 and sample["num_samples"] == 16
+  assert ged["est_s_for_1980_images"] > 0
+  # The profile: the trace, the optimised HLO, and the summary table on stdout.
+  assert os.path.exists(tmp_path / profile_summary.HLO_FILE)
+  assert "op time per step (all threads)" in result.stdout
+
+
+def test_paired_variants_parse_literals_and_name_bad_entries():
+  from absl import app
+  from benchmarks import paired
+  assert paired.parse_variants(";gemm_weight_grad_sizes=(64, 32),remat=True") == [
+      ("default", {}), ("gemm_weight_grad_sizes=(64, 32),remat=True",
+                        {"gemm_weight_grad_sizes": (64, 32), "remat": True})]
+  for bad, named in [("remat", "'remat' is not field=value"),
+                     ("remat=yes", "'yes' (for remat) is not a Python literal")]:
+    try:
+      paired.parse_variants(bad)
+    except app.UsageError as e:
+      assert named in str(e), e
+    else:
+      raise AssertionError(f"no error for {bad!r}")
