@@ -34,7 +34,7 @@ ACTIVATIONS = {
 }
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Where the GEMM weight gradient shortens the whole training step on XLA:CPU
-# (benchmarks/RESULTS.md: -6% to -11% at 64x64; slower at 128x128; no
+# (benchmarks/RESULTS.md: -6% to -16% at 64x64; slower at 128x128; no
 # measurable gain at 32x32 or below, for more temporary memory).
 CPU_GEMM_WEIGHT_GRAD_SIZES = (64,)
 
@@ -312,10 +312,6 @@ class Conv(hk.Module):
     return out + b
 
 
-def _conv(channels, kernel, name, gemm_weight_grad=False):
-  return Conv(channels, kernel, name=name, gemm_weight_grad=gemm_weight_grad)
-
-
 class ResBlock(hk.Module):
   """Pre-activated residual block (the release's `res_block`)."""
 
@@ -332,12 +328,12 @@ class ResBlock(hk.Module):
     residual = self._act(x)
     gemm = x.shape[1] in self._gemm_sizes
     for i in range(self._convs):
-      residual = _conv(self._down, 3, f"conv_{i}", gemm)(residual)
+      residual = Conv(self._down, 3, f"conv_{i}", gemm_weight_grad=gemm)(residual)
       if i < self._convs - 1:
         residual = self._act(residual)
-    skip = x if x.shape[-1] == self._out else _conv(self._out, 1, "skip")(x)
+    skip = x if x.shape[-1] == self._out else Conv(self._out, 1, "skip")(x)
     if self._down != self._out:
-      residual = _conv(self._out, 1, "project")(residual)
+      residual = Conv(self._out, 1, "project")(residual)
     return skip + residual
 
 
@@ -398,7 +394,7 @@ class HierarchicalCore(hk.Module):
 
     distributions, used_latents = [], []
     for i, dim in enumerate(cfg.latent_dims):
-      params = _conv(2 * dim, 1, f"latent_{i}")(features).astype(jnp.float32)
+      params = Conv(2 * dim, 1, f"latent_{i}")(features).astype(jnp.float32)
       mu, log_sigma = params[..., :dim], params[..., dim:]
       if cfg.max_abs_log_sigma is not None:
         log_sigma = jnp.clip(log_sigma, -cfg.max_abs_log_sigma, cfg.max_abs_log_sigma)
@@ -432,7 +428,7 @@ class StitchingDecoder(hk.Module):
       features = _upsample(features)
       features = jnp.concatenate([features, encoder_features[-(j + 1)]], axis=-1)
       features = _res_stack(features, cfg, cfg.num_levels - j - 1, f"level_{j}")
-    return _conv(cfg.num_classes, 1, "logits")(features).astype(jnp.float32)
+    return Conv(cfg.num_classes, 1, "logits")(features).astype(jnp.float32)
 
 
 class HPUNet(hk.Module):
