@@ -86,8 +86,20 @@ def _device_fn(model, num_samples):
   return jitted
 
 
-def _truncate(batch: Mapping[str, Any], size: int) -> dict:
-  return {k: np.asarray(v)[:size] for k, v in batch.items()}
+def _first_examples(batches: Iterable[Mapping[str, Any]], num_examples: Optional[int]):
+  """`(index, batch)` of `enumerate(batches)`, cut to the first `num_examples` images.
+
+  The index is the batch's position in `batches` (it keys the batch's PRNG
+  stream); the last batch is truncated; None keeps everything.
+  """
+  seen = 0
+  for index, batch in enumerate(batches):
+    if num_examples is not None:
+      if seen >= num_examples:
+        return
+      batch = {k: np.asarray(v)[:num_examples - seen] for k, v in batch.items()}
+      seen += len(batch["image"])
+    yield index, batch
 
 
 def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
@@ -117,12 +129,7 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
   scores: dict = {}
   add = lambda key, values: scores.setdefault(key, []).append(np.asarray(values, np.float64))
   subset = []
-  seen = 0
-  for index, batch in enumerate(batches):
-    if num_examples is not None:
-      if seen >= num_examples:
-        break
-      batch = _truncate(batch, num_examples - seen)
+  for index, batch in _first_examples(batches, num_examples):
     images = np.asarray(batch["image"], np.float32)
     masks = np.asarray(batch["masks"], np.float32)
     if images.shape[0] == 0:
@@ -133,7 +140,6 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
                                    candidates))
     out = {k: np.asarray(v, np.float64) for k, v in out.items()}
     batch_size, num_graders = images.shape[0], masks.shape[-1]
-    seen += batch_size
 
     for n in GED_SIZES:
       if n <= num_samples:
@@ -308,18 +314,12 @@ def factor_statistics(model, params, batches: Iterable[Mapping[str, Any]], *, rn
     sums[variant][key] = sums[variant].get(key, 0.0) + value
     counts[variant][key] = counts[variant].get(key, 0) + 1
 
-  seen = 0
-  for index, batch in enumerate(batches):
-    if num_examples is not None and seen >= num_examples:
-      break
-    if num_examples is not None:
-      batch = _truncate(batch, num_examples - seen)
+  for index, batch in _first_examples(batches, num_examples):
     if "candidates" not in batch:
       raise ValueError("factor_statistics needs data with candidates (e.g. synthetic_multiscale)")
     images = jnp.asarray(batch["image"], jnp.float32)
     candidates = np.asarray(batch["candidates"]) > 0.5               # [b, K, H, W]
     probs = np.asarray(batch["candidate_probs"], np.float64)
-    seen += images.shape[0]
     for v_index, (variant, mean) in enumerate(variants.items()):
       logits = model.sample(params, jax.random.fold_in(jax.random.fold_in(rng, index), v_index),
                             images, num_samples=num_samples, mean=mean)
