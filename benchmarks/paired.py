@@ -87,17 +87,11 @@ def main(argv):
     state = hpunet_jax.create_train_state(config, FLAGS.seed, batch)
     step = train.make_train_step(config)
     global_batch = hpunet_jax.parallel.global_batch(batch, step.mesh)
-    t0 = time.perf_counter()
-    compiled = step.jitted.lower(state, global_batch).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    compiled, stats = throughput.compile_stats(step.jitted, state, global_batch)
     state, metrics = compiled(state, global_batch)
     runs.append(dict(name=name, compiled=compiled, state=state, batch=global_batch,
-                     loss=float(metrics["loss"]), flops=float(cost.get("flops", 0.0)),
-                     temp_mib=compiled.memory_analysis().temp_size_in_bytes / 2**20,
-                     compile_s=compile_s, times=[], cpu=[]))
-    print(f"# compiled {name} in {compile_s:.1f} s", flush=True)
+                     loss=float(metrics["loss"]), stats=stats, times=[], cpu=[]))
+    print(f"# compiled {name} in {stats['compile_s']:.1f} s", flush=True)
   for r in range(FLAGS.rounds):
     for run in runs:
       c0, t0 = time.process_time(), time.perf_counter()
@@ -111,9 +105,8 @@ def main(argv):
         variant=run["name"], batch=FLAGS.batch, size=FLAGS.size, rounds=FLAGS.rounds,
         step_s_min=round(min(run["times"]), 4),
         step_s_median=round(float(np.median(run["times"])), 4),
-        cpu_s_per_step_min=round(min(run["cpu"]), 3),
-        gflops=round(run["flops"] / 1e9, 2), xla_temp_mib=round(run["temp_mib"], 1),
-        compile_s=round(run["compile_s"], 1), first_loss=run["loss"])), flush=True)
+        cpu_s_per_step_min=round(min(run["cpu"]), 3), **run["stats"],
+        first_loss=run["loss"])), flush=True)
 
 
 if __name__ == "__main__":

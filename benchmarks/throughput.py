@@ -255,11 +255,11 @@ def bench_train(config, info):
     with jax.profiler.trace(FLAGS.profile_dir):
       for _ in range(FLAGS.steps):
         run_once()
-    hlo_path = os.path.join(FLAGS.profile_dir, profile_summary.HLO_FILE)
-    with open(hlo_path, "w") as f:
-      f.write(compiled.as_text())
+    hlo_text = compiled.as_text()
+    with open(os.path.join(FLAGS.profile_dir, profile_summary.HLO_FILE), "w") as f:
+      f.write(hlo_text)
     per_step, total = profile_summary.summarise(
-        profile_summary.latest_trace(FLAGS.profile_dir), compiled.as_text(), FLAGS.steps)
+        profile_summary.latest_trace(FLAGS.profile_dir), hlo_text, FLAGS.steps)
     print(profile_summary.format_table(per_step, total), flush=True)
   best, median, busy = timed_repeats(run_once, FLAGS.steps, FLAGS.repeats)
   loss = float(compiled(holder[0], batch)[1]["loss"])
