@@ -606,12 +606,13 @@ def _make_model(config: HPUNetConfig) -> Model:
 
 
 def l2_penalty(params, scale=1e-5) -> jax.Array:
-  """The release's L2 regulariser: `scale * sum(p**2 / 2)` over every weight and bias.
+  """The release's L2 regulariser: `scale * sum(p**2)` over every weight and bias.
 
-  Matches `tf.contrib.layers.l2_regularizer(scale)` (which computes
-  `scale * tf.nn.l2_loss(p)`, i.e. half the squared norm).
+  The release attaches `tf.keras.regularizers.l2(scale)` to every `w` and `b`;
+  Keras' l2 is `scale * reduce_sum(square(p))`, with no 1/2 (unlike
+  `tf.nn.l2_loss`).
   """
-  return scale * sum(0.5 * jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
+  return scale * sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
 
 
 def count_params(params) -> int:

@@ -214,9 +214,10 @@ def test_config_defaults():
     HPUNetConfig.from_dict({"bogus": 1})
 
 
-def test_l2_penalty_covers_weights_and_biases():
+def test_l2_penalty_is_keras_l2_over_weights_and_biases():
+  """`tf.keras.regularizers.l2(1e-5)` on every w and b: 1e-5 * sum(p**2), no 1/2."""
   params = {"a": {"w": jnp.ones((2, 2)), "b": jnp.full((3,), 2.0)}}
-  np.testing.assert_allclose(model_lib.l2_penalty(params, 1e-5), 1e-5 * 0.5 * (4 + 12))
+  np.testing.assert_allclose(model_lib.l2_penalty(params, 1e-5), 1e-5 * (4 + 12), rtol=1e-6)
 
 
 def test_bfloat16_compute_agrees_with_float32(small):
