@@ -93,8 +93,11 @@ def reconstruction_loss(logits, segmentations, *, top_k_percentage=None, rng=Non
     logits: `[B, H, W, K]`.
     segmentations: one-hot `[B, H, W, K]`.
     top_k_percentage: keep only `floor(p * B * H * W)` pixels; None keeps all.
+      As in the release, `k` counts all pixels of the batch, masked or not.
     rng: Gumbel-noise key for top-k; None makes top-k deterministic.
-    mask: optional `[B, H, W]` pixels that count at all.
+    mask: optional `[B, H, W]` 0/1 pixels that count at all (augmentation's
+      validity mask: pixels brought in from outside the source image are 0).
+      Top-k never picks a masked pixel; `rec_mean` divides by the kept pixels.
   """
   xe = -jnp.sum(segmentations * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
   if mask is None:
@@ -104,7 +107,9 @@ def reconstruction_loss(logits, segmentations, *, top_k_percentage=None, rng=Non
     if k < 1:
       raise ValueError(f"loss.top_k_percentage={top_k_percentage} keeps no pixel of a "
                        f"{xe.shape} batch")
-    mask = top_k_mask(xe, k, mask=mask, rng=rng)
+    # As the release: the top-k mask is ANDed with the validity mask, so a
+    # masked pixel never counts even when k exceeds the valid pixels.
+    mask = mask * top_k_mask(xe, k, mask=mask, rng=rng)
   masked = xe * mask
   rec_sum = jnp.sum(masked) / xe.shape[0]
   rec_mean = jnp.sum(masked) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -129,7 +134,8 @@ def update_moving_average(state: GecoState, value, decay):
   return GecoState(average, jnp.ones((), jnp.bool_)), moving_average_value_grad(average, value)
 
 
-def objective(outputs, segmentations, *, loss_config, geco_state, lagrange_raw, rng):
+def objective(outputs, segmentations, *, loss_config, geco_state, lagrange_raw, rng,
+              mask=None):
   """The training loss and its metrics.
 
   Args:
@@ -141,13 +147,16 @@ def objective(outputs, segmentations, *, loss_config, geco_state, lagrange_raw, 
     lagrange_raw: the trainable scalar `w` of GECO's multiplier (ignored for
       the ELBO).
     rng: key for top-k's Gumbel noise.
+    mask: optional `[B, H, W]` validity mask (the release's `loss(seg, img,
+      mask)`): masked pixels are never in top-k, and GECO's `N` (so
+      `kappa * N`) counts only valid pixels.
 
   Returns:
     `(loss, (new_geco_state, metrics))`, without the L2 penalty.
   """
   rec = reconstruction_loss(
       outputs["logits"], segmentations, top_k_percentage=loss_config.top_k_percentage,
-      rng=None if loss_config.deterministic_top_k else rng)
+      rng=None if loss_config.deterministic_top_k else rng, mask=mask)
   kl_per_scale = [jnp.mean(kl) for kl in outputs["kl"]]
   kl_sum = sum(kl_per_scale)
   metrics = dict(rec_sum=rec.rec_sum, rec_mean=rec.rec_mean, kl_sum=kl_sum)

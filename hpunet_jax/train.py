@@ -100,7 +100,7 @@ def make_loss_fn(config, model=None):
     outputs = model.forward(params["net"], latent_rng, batch["image"], batch["segmentation"])
     loss, (geco_state, metrics) = objective.objective(
         outputs, batch["segmentation"], loss_config=loss_config, geco_state=geco_state,
-        lagrange_raw=params.get("lagrange_raw"), rng=top_k_rng)
+        lagrange_raw=params.get("lagrange_raw"), rng=top_k_rng, mask=batch.get("mask"))
     l2 = l2_penalty(params["net"], loss_config.l2_weight)
     metrics["l2"] = l2
     return loss + l2, (geco_state, metrics)

@@ -123,3 +123,60 @@ def test_kl_gradient_reaches_prior_and_posterior():
       if f"/{part}/" in module.replace("~/", ""):
         norms[part] += float(sum(jnp.sum(jnp.square(v)) for v in values.values()))
   assert norms["prior"] > 0 and norms["posterior"] > 0
+
+
+def _half_masked_outputs():
+  """A tiny model's outputs on 2 examples of 8x8, and a mask that keeps the left half."""
+  model = make_model(HPUNetConfig(latent_dims=(2,), channels_per_block=(4, 8),
+                                  blocks_per_level=1, convs_per_block=1))
+  rng = np.random.default_rng(3)
+  images = jnp.asarray(rng.random((2, 8, 8, 1)), jnp.float32)
+  segs = jax.nn.one_hot(jnp.asarray(rng.random((2, 8, 8)) > 0.5, jnp.int32), 2)
+  params = model.init(jax.random.key(0), images, segs)
+  outputs = model.forward(params, jax.random.key(1), images, segs)
+  mask = jnp.zeros((2, 8, 8)).at[:, :, :4].set(1.0)   # 32 valid pixels per example
+  return outputs, segs, mask
+
+
+@pytest.mark.parametrize("top_k_percentage", [None, 0.25, 0.75])
+def test_half_masked_pixels_never_count(top_k_percentage):
+  """The release's `loss(seg, img, mask)`: masked pixels are out of top-k, N and rec_mean."""
+  outputs, segs, mask = _half_masked_outputs()
+  cfg = _geco_loss_config()
+  cfg.top_k_percentage = top_k_percentage
+  cfg.deterministic_top_k = False
+  _, (_, metrics) = objective.objective(
+      outputs, segs, loss_config=cfg, geco_state=objective.init_geco_state(),
+      lagrange_raw=objective.initial_lagrange_raw(1.0), rng=jax.random.key(2), mask=mask)
+  xe = np.asarray(-jnp.sum(segs * jax.nn.log_softmax(outputs["logits"]), -1))
+  rec = objective.reconstruction_loss(outputs["logits"], segs, top_k_percentage=top_k_percentage,
+                                      rng=jax.random.key(2), mask=mask)
+  kept = np.asarray(rec.mask)
+  assert kept[:, :, 4:].sum() == 0                      # never a masked pixel
+  # k = floor(p * B*H*W) counts all 128 pixels, as the release; 0.75 asks for
+  # 96 > the 64 valid ones, and still only valid pixels count.
+  expected_kept = 64 if top_k_percentage is None else min(int(top_k_percentage * 128), 64)
+  assert kept.sum() == expected_kept
+  np.testing.assert_allclose(metrics["num_valid_pixels"], expected_kept / 2)
+  np.testing.assert_allclose(metrics["rec_sum"], (xe * kept).sum() / 2, rtol=1e-5)
+  np.testing.assert_allclose(metrics["rec_mean"], (xe * kept).sum() / expected_kept, rtol=1e-5)
+  np.testing.assert_allclose(metrics["rec_constraint"],
+                             metrics["rec_sum"] - 0.05 * expected_kept / 2, rtol=1e-5)
+  if top_k_percentage is None:   # without top-k: the valid half exactly
+    np.testing.assert_array_equal(kept, np.asarray(mask))
+    np.testing.assert_allclose(metrics["rec_mean"], xe[:, :, :4].mean(), rtol=1e-5)
+
+
+def test_masked_pixels_get_no_gradient():
+  outputs, segs, mask = _half_masked_outputs()
+  cfg = _geco_loss_config()
+  cfg.top_k_percentage = None
+
+  def loss(logits):
+    out = dict(outputs, logits=logits)
+    return objective.objective(out, segs, loss_config=cfg, geco_state=objective.init_geco_state(),
+                               lagrange_raw=objective.initial_lagrange_raw(1.0),
+                               rng=jax.random.key(2), mask=mask)[0]
+
+  grad = np.asarray(jax.grad(loss)(outputs["logits"]))
+  assert np.all(grad[:, :, 4:] == 0) and np.any(grad[:, :, :4] != 0)
