@@ -9,8 +9,13 @@ one key for the latent samples and one for top-k's Gumbel noise. Both are
 drawn with the *global* batch shape inside `jit`, and JAX's partitionable
 threefry makes the values independent of how the batch is sharded, so a
 given global batch and seed give the same step on any number of devices and
-processes (up to the order of floating-point reductions).
+processes (up to the order of floating-point reductions). With
+`data.augment.enabled` the step first augments the global batch on device
+(`hpunet_jax.data.augment`) with the key `fold_in(step_key, AUGMENT_STREAM)`,
+drawn with global shapes too, and the validity mask it returns reaches the
+loss.
 """
+import copy
 import json
 from typing import Any, NamedTuple
 
@@ -19,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from hpunet_jax import config_lib, objective, parallel
+from hpunet_jax.data import augment
 from hpunet_jax.model import l2_penalty, make_model
 
 
@@ -65,13 +71,15 @@ def create_train_state(config, rng, example_batch, *, mesh=None) -> TrainState:
     config: the experiment `ConfigDict` (groups model, loss, optim, train, ...).
     rng: a JAX key (or an int seed).
     example_batch: a batch dict (only the shapes of `image` and
-      `segmentation` past the batch axis are used).
+      `segmentation` past the batch axis are used; with augmentation on, the
+      pipeline's uncropped examples or the model's crops alike).
     mesh: defaults to `parallel.make_mesh()` over all devices.
   """
   model_cfg = config_lib.validate(config)
   model = make_model(model_cfg)
   mesh = mesh or parallel.make_mesh()
   optimizer, _ = make_optimizer(config.optim)
+  example_batch = augment.output_spec(config.data, example_batch)
   image_shape = (1,) + tuple(example_batch["image"].shape[1:])
   seg_shape = (1,) + tuple(example_batch["segmentation"].shape[1:])
   model.check_inputs(jax.ShapeDtypeStruct(image_shape, jnp.float32),
@@ -122,8 +130,10 @@ def make_train_step(config, *, mesh=None):
   # Only these groups enter the traced step; a cache keyed on them lets
   # repeated calls (resumed runs in one process, tests, notebooks) share one
   # compilation.
-  key = (json.dumps({g: config[g].to_dict() for g in ("model", "loss", "optim")},
-                    sort_keys=True, default=str), mesh)
+  groups = {g: config[g].to_dict() for g in ("model", "loss", "optim")}
+  groups["augment"] = (config.data.crop_size, config.data.augment.to_dict()
+                       if augment.enabled(config.data) else None)
+  key = (json.dumps(groups, sort_keys=True, default=str), mesh)
   if key not in _TRAIN_STEPS:
     _TRAIN_STEPS[key] = _build_train_step(config, model_cfg, mesh)
   return _TRAIN_STEPS[key]
@@ -137,14 +147,22 @@ def _build_train_step(config, model_cfg, mesh):
   optimizer, schedule = make_optimizer(config.optim)
   loss_fn = make_loss_fn(config, model)
 
+  augment_on = augment.enabled(config.data)
+  data_config = copy.deepcopy(config.data)   # later edits of `config` must not leak in
+
   def step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
+    if augment_on:
+      batch = augment.augment_batch(jax.random.fold_in(rng, augment.AUGMENT_STREAM), batch,
+                                    data_config)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (geco_state, metrics)), grads = grad_fn(state.params, state.geco, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(loss=loss, grad_norm=optax.tree.norm(grads["net"]),
                    learning_rate=schedule(state.step))
+    if augment_on:   # share of the crops' pixels that came from inside the source
+      metrics["augment_valid_fraction"] = jnp.mean(batch["mask"])
     new_state = TrainState(state.step + 1, params, opt_state, geco_state, state.rng)
     return new_state, metrics
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from hpunet_jax import checkpoint as checkpoint_lib
 from hpunet_jax import config_lib, evaluation, figures, parallel, summary
-from hpunet_jax.data import pipeline
+from hpunet_jax.data import augment, pipeline
 from hpunet_jax.train import create_train_state, make_train_step
 
 CHECKPOINT_DIR = "checkpoints"
@@ -213,6 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_position = train_iter.get_state()
   example = next(train_iter)
   train_iter.set_state(start_position)
+  example = augment.output_spec(config.data, example)   # the crops the model sees
 
   train_step = make_train_step(config, mesh=mesh)
   model = train_step.model

@@ -1,5 +1,8 @@
 """Runs two train steps of a tiny config and saves the parameters, for the parallelism tests.
 
+Twice: on fixed 16x16 crops, and with on-device augmentation of 24x24
+examples to 16x16 crops (keys `augmented/...`).
+
     python tests/parallel_worker.py --out=params.npz [--devices=8]
         [--process_id=0 --num_processes=2 --port=12345]
 
@@ -28,36 +31,44 @@ def main():
   import hpunet_jax
   from hpunet_jax import config_lib
 
-  config = config_lib.base_config()
-  config.model.channels_per_block = (4, 8, 8)
-  config.model.latent_dims = (2, 1)
-  config.model.blocks_per_level = 1
-  config.model.convs_per_block = 2
-  config.data.crop_size = 16
-  config.loss.top_k_percentage = 0.1   # Gumbel top-k over the global batch
-  config.train.batch_size = 8
+  def tiny_config(augment):
+    config = config_lib.base_config()
+    config.model.channels_per_block = (4, 8, 8)
+    config.model.latent_dims = (2, 1)
+    config.model.blocks_per_level = 1
+    config.model.convs_per_block = 2
+    config.data.crop_size = 16
+    config.loss.top_k_percentage = 0.1   # Gumbel top-k over the global batch
+    config.train.batch_size = 8
+    config.data.augment.enabled = augment
+    config.data.augment.elastic_spacing = 8
+    return config
 
-  rng = np.random.default_rng(0)
-  images = rng.random((8, 16, 16, 1)).astype(np.float32)
-  labels = (rng.random((8, 16, 16)) > 0.7).astype(np.int64)
-  batch = dict(image=images, segmentation=np.eye(2, dtype=np.float32)[labels])
-  local = 8 // jax.process_count()
-  start = jax.process_index() * local
-  local_batch = {k: v[start:start + local] for k, v in batch.items()}
-
-  state = hpunet_jax.create_train_state(config, jax.random.key(0), local_batch)
-  step = hpunet_jax.make_train_step(config)
-  assert step.mesh.devices.size == args.devices * args.num_processes
-  for _ in range(2):
-    state, metrics = step(state, local_batch)
   from jax.experimental import multihost_utils
-  params = multihost_utils.process_allgather(state.params, tiled=True)
-  if jax.process_index() == 0:
-    flat = {jax.tree_util.keystr(path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
-    flat["loss"] = np.asarray(multihost_utils.process_allgather(metrics["loss"], tiled=True))
-    np.savez(args.out, **flat)
+  results = {}
+  for augment, prefix, size in [(False, "", 16), (True, "augmented/", 24)]:
+    config = tiny_config(augment)
+    rng = np.random.default_rng(0)
+    images = rng.random((8, size, size, 1)).astype(np.float32)
+    labels = (rng.random((8, size, size)) > 0.7).astype(np.int64)
+    batch = dict(image=images, segmentation=np.eye(2, dtype=np.float32)[labels])
+    local = 8 // jax.process_count()
+    start = jax.process_index() * local
+    local_batch = {k: v[start:start + local] for k, v in batch.items()}
 
+    state = hpunet_jax.create_train_state(config, jax.random.key(0), local_batch)
+    step = hpunet_jax.make_train_step(config)
+    assert step.mesh.devices.size == args.devices * args.num_processes
+    for _ in range(2):
+      state, metrics = step(state, local_batch)
+    params = multihost_utils.process_allgather(state.params, tiled=True)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+      results[prefix + jax.tree_util.keystr(path)] = np.asarray(leaf)
+    for key in ("loss", "rec_mean") + (("augment_valid_fraction",) if augment else ()):
+      results[prefix + key] = np.asarray(
+          multihost_utils.process_allgather(metrics[key], tiled=True))
+  if jax.process_index() == 0:
+    np.savez(args.out, **results)
 
 if __name__ == "__main__":
   main()

@@ -97,8 +97,12 @@ def _env():
 
 
 def _compare(reference, other):
+  """Parameters and metrics after two steps, without and with on-device augmentation."""
   a, b = np.load(reference), np.load(other)
   assert sorted(a.files) == sorted(b.files)
+  assert any(k.startswith("augmented/") for k in a.files)
+  # The augmentation ran and brought pixels from outside the source into the crops.
+  assert 0.5 < float(a["augmented/augment_valid_fraction"]) < 1.0
   for key in a.files:
     np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
 

@@ -16,6 +16,9 @@ Config group `data` (see `default_config`):
   manual_dir: folder with the LIDC tarballs or extracted folders (None = tfds'
     `<data_dir>/downloads/manual`).
   crop_size: centre crop (or random crop, below) to `crop_size` squared; None = none.
+    With `augment.enabled` the training examples stay uncropped: the
+    augmentation cuts them to `crop_size` on device (evaluation still
+    centre-crops).
   random_crop: training crops at a random offset instead of the centre.
   random_flip: training flips left-right with probability 1/2.
   image_size: `(H, W)` or int: the size on disk (before any crop); for fake
@@ -24,6 +27,8 @@ Config group `data` (see `default_config`):
   num_graders: masks per image: generated for fake data, checked otherwise.
   read_threads: grain threads reading and transforming examples.
   prefetch_batches: batches grain reads ahead.
+  augment: on-device spatial augmentation in the train step
+    (`hpunet_jax.data.augment`; off by default).
 """
 import os
 
@@ -33,6 +38,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from hpunet_jax.data import augment
 from hpunet_jax.data import lidc
 from hpunet_jax.data import synthetic  # pylint: disable=unused-import  (registers the builder)
 
@@ -55,6 +61,7 @@ def default_config():
       "num_graders": ml_collections.FieldReference(None, field_type=int),
       "read_threads": 4,
       "prefetch_batches": 4,
+      "augment": augment.default_config(),
   })
 
 
@@ -83,6 +90,7 @@ def validate_config(data_config):
       raise ValueError(f"data.crop_size={crop_size} is larger than data.image_size={image_size}")
   if data_config.get("random_crop") and crop_size is None:
     raise ValueError("data.random_crop=True needs data.crop_size")
+  augment.validate_config(data_config)
   num_graders = data_config.get("num_graders")
   if num_graders is not None and (not isinstance(num_graders, int) or num_graders <= 0):
     raise ValueError(f"data.num_graders={num_graders!r}: need a positive int or None")
@@ -325,7 +333,7 @@ def make_train_iterator(data_config, *, global_batch_size, seed, process_index=N
 
   Returns:
     A grain `DatasetIterator` yielding dicts with `image` float32 `[L, H, W, C]`
-    in [0, 1] and `segmentation` float32 one-hot `[L, H, W, 2]` (background,
+    in [0, 1] (uncropped when `data.augment.enabled`) and `segmentation` float32 one-hot `[L, H, W, 2]` (background,
     foreground) of one random grader, L = G / process_count. Its
     `get_state()` is a JSON-serialisable dict; after `set_state(state)` it
     yields the batches that followed when the state was taken.
@@ -344,10 +352,13 @@ def make_train_iterator(data_config, *, global_batch_size, seed, process_index=N
   source = _source(data_config, "train")
   if len(source) == 0:  # pylint: disable=g-explicit-length-test
     raise ValueError(f"data.name={data_config.name!r}: the train split is empty")
+  # With on-device augmentation the examples stay whole (e.g. 180x180 for
+  # LIDC): the train step cuts the augmented crop.
+  crop_size = None if augment.enabled(data_config) else data_config.get("crop_size")
   dataset = train_dataset(
       source, seed=int(seed), local_batch_size=global_batch_size // process_count,
       process_index=process_index, process_count=process_count,
-      crop_size=data_config.get("crop_size"), random_crop=data_config.get("random_crop", False),
+      crop_size=crop_size, random_crop=data_config.get("random_crop", False),
       random_flip=data_config.get("random_flip", False))
   return iter(dataset.to_iter_dataset(_read_options(data_config)))
 
