@@ -48,7 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-4,
       schedule="piecewise",
-      # Halved at each boundary (a public reproduction's LIDC schedule).
+      # Halved at each boundary: a public reproduction's LIDC schedule, unverified
+      # against the HPU-Net appendix (see configs/lidc.py).
       boundaries=(60_000, 120_000, 180_000, 210_000),
       decay_factor=0.5,
       # Clipping by global norm is off by default; a value such as 1.0 is the
