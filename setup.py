@@ -23,6 +23,7 @@ setup(
         "orbax-checkpoint>=0.11.10",
         "numpy>=1.26",
         "scipy>=1.13",
+        "Pillow>=10.0",  # docs/augmentation.png (experiments.augmentation_figure), test fixtures
     ],
     extras_require={"test": ["pytest>=8.0"]},
 )
