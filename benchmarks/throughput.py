@@ -12,6 +12,8 @@ peak, peak memory, and the machine, JAX version, batch, size and dtype.
 Modes:
   train      the jitted `make_train_step(config)` (GECO, top-k, L2, Adam), state
              donated, after `--warmup` steps; `--steps` timed steps per repeat.
+             With `--augment_from=180` the step includes the LIDC recipe's
+             on-device augmentation of 180x180 examples to `--size` crops.
   sample16   `make_model(cfg).sample(params, rng, images, num_samples=16)`.
   sample100  the same with 100 samples (the GED100 evaluation's sampling).
   ged100     sample 100 per image + argmax + GED against 4 fake graders for
@@ -47,6 +49,7 @@ import numpy as np
 
 import hpunet_jax
 from hpunet_jax import config_lib, metrics
+from hpunet_jax.data import augment
 
 from benchmarks import profile_summary
 
@@ -67,6 +70,9 @@ flags.DEFINE_string("profile_dir", None, "If set, write a jax.profiler trace of 
                     "training steps there (view with TensorBoard / Perfetto) with the "
                     "optimised HLO, and print the op time by kind (benchmarks.profile_summary).")
 flags.DEFINE_integer("seed", 0, "Seed of the fake data and the parameters.")
+flags.DEFINE_integer("augment_from", None, "The LIDC recipe: fake examples of this size "
+                     "(LIDC: 180) are augmented on device inside the train step and cut to "
+                     "--size (data.augment.enabled); unset: examples of --size, no augmentation.")
 
 # Dense peaks (FLOP/s) by device kind: (bf16, f32). Data sheets; f32 on
 # NVIDIA is the TF32 tensor-core rate, which XLA uses for f32 convs by default.
@@ -150,8 +156,16 @@ def make_config():
   config.train.batch_size = FLAGS.batch
   config.data.crop_size = FLAGS.size
   config.data.image_size = FLAGS.size
+  if FLAGS.augment_from is not None:
+    config.data.image_size = FLAGS.augment_from
+    config.data.augment.enabled = True
   config_lib.validate(config)
   return config
+
+
+def input_size(config):
+  """Side of the fake examples: the uncropped source when augmenting, else the crop."""
+  return config.data.image_size if augment.enabled(config.data) else config.data.crop_size
 
 
 def fake_batch(config, batch_size, size, seed):
@@ -238,7 +252,7 @@ def report(name, info, stats, step_s, median_s, work, unit, **extra):
 
 
 def bench_train(config, info):
-  batch = fake_batch(config, FLAGS.batch, FLAGS.size, FLAGS.seed)
+  batch = fake_batch(config, FLAGS.batch, input_size(config), FLAGS.seed)
   state = hpunet_jax.create_train_state(config, FLAGS.seed, batch)
   train_step = hpunet_jax.make_train_step(config)
   batch = hpunet_jax.parallel.global_batch(batch, train_step.mesh)
@@ -264,7 +278,8 @@ def bench_train(config, info):
   best, median, busy = timed_repeats(run_once, FLAGS.steps, FLAGS.repeats)
   loss = float(compiled(holder[0], batch)[1]["loss"])
   return report("train", info, stats, best, median, FLAGS.batch, "images_per_s",
-                **busy, loss_finite=bool(np.isfinite(loss)))
+                **busy, loss_finite=bool(np.isfinite(loss)),
+                augment_from=FLAGS.augment_from if augment.enabled(config.data) else None)
 
 
 def bench_sample(config, info, num_samples):
