@@ -21,6 +21,11 @@ setup(
         "array_record>=0.7.0",
         "grain>=0.2.10",
         "orbax-checkpoint>=0.11.10",
+        # Reading TensorFlow checkpoints without TensorFlow (tf_checkpoint.py).
+        "google-crc32c>=1.5",
+        "protobuf>=4.21",
+        "ml_dtypes>=0.2",
+        "etils[epath]>=1.5",
         "numpy>=1.26",
         "scipy>=1.13",
         "Pillow>=10.0",  # docs/augmentation.png (experiments.augmentation_figure), test fixtures
