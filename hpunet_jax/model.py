@@ -378,9 +378,10 @@ class HierarchicalCore(hk.Module):
     Args:
       inputs: `[B, H, W, C]`.
       mean: one bool per scale: use the Gaussian's mean instead of a sample.
-      latents: optional list with one `[B, h_i, w_i, latent_dims[i]]` per
-        scale; when given they are used instead of the core's own latents
-        (this is how the posterior's latents enter the prior).
+      latents: optional list with one entry per scale: a
+        `[B, h_i, w_i, latent_dims[i]]` array used instead of the core's own
+        latent at that scale (this is how the posterior's latents enter the
+        prior), or None to let `mean` decide that scale.
     """
     cfg = self._config
     mean = mean if mean is not None else (False,) * cfg.num_scales
@@ -399,7 +400,7 @@ class HierarchicalCore(hk.Module):
       if cfg.max_abs_log_sigma is not None:
         log_sigma = jnp.clip(log_sigma, -cfg.max_abs_log_sigma, cfg.max_abs_log_sigma)
       dist = Gaussian(mu, log_sigma)
-      if latents is not None:
+      if latents is not None and latents[i] is not None:
         z = latents[i]
       elif mean[i]:
         z = mu
@@ -461,11 +462,11 @@ class HPUNet(hk.Module):
     with hk.custom_creator(create_float32), hk.custom_getter(get_in_compute_dtype):
       return method(*args)
 
-  def sample(self, images, mean):
-    return self(self._sample, images, mean)
+  def sample(self, images, mean, latents=None):
+    return self(self._sample, images, mean, latents)
 
-  def _sample(self, images, mean):
-    prior = self.prior(self._dtype(images), mean=mean)
+  def _sample(self, images, mean, latents):
+    prior = self.prior(self._dtype(images), mean=mean, latents=latents)
     return self.f_comb(prior.decoder_features, prior.encoder_features)
 
   def forward(self, images, segmentations, mean):
@@ -514,11 +515,16 @@ def make_model(config: HPUNetConfig | None = None) -> Model:
 
   Returns a `Model` with:
     init(rng, images, segmentations) -> params
-    sample(params, rng, images, *, num_samples=1, mean=False)
+    sample(params, rng, images, *, num_samples=1, mean=False, latents=None)
         -> logits `[num_samples, B, H, W, num_classes]` from the prior. `mean`
         is a bool or one bool per scale (coarsest first); scales at their mean
-        do not vary. Vectorised over samples with `vmap` over split keys;
-        jit it with `num_samples` and `mean` static.
+        do not vary. `latents`, as the release's `sample(img, mean, z_q)`,
+        fixes scales to given values: one entry per scale, an array
+        `[B, h_i, w_i, latent_dims[i]]` (shapes: `config.latent_shapes(H, W)`;
+        e.g. `forward(...)['posterior_latents'][i]`, or an interpolation) for
+        the scales the caller fixes, shared by all samples, and None for the
+        others, which follow `mean`. Vectorised over samples with `vmap` over
+        split keys; jit it with `num_samples` and `mean` static.
     reconstruct(params, rng, images, segmentations, *, mean=False)
         -> logits `[B, H, W, num_classes]`: the posterior's latents (sampled,
         or its means) fed to the prior, then f_comb.
@@ -573,11 +579,11 @@ def _make_model(config: HPUNetConfig) -> Model:
 
   # Jitted once here: Haiku executed op by op is slow, and every function is pure.
   @functools.partial(jax.jit, static_argnames=("num_samples", "mean"))
-  def jit_sample(params, rng, images, num_samples, mean):
+  def jit_sample(params, rng, images, latents, num_samples, mean):
     keys = jax.random.split(rng, num_samples)
     # The prior's encoder does not depend on the key, so vmap leaves it unbatched:
     # it runs once for all samples.
-    return jax.vmap(lambda k: apply_sample(params, k, images, mean))(keys)
+    return jax.vmap(lambda k: apply_sample(params, k, images, mean, latents))(keys)
 
   jit_forward = jax.jit(apply_forward, static_argnums=4)
 
@@ -589,9 +595,24 @@ def _make_model(config: HPUNetConfig) -> Model:
     abstract = jax.eval_shape(transformed.init, rng, images, segmentations)
     return _host_init(rng, abstract)
 
-  def sample(params, rng, images, *, num_samples=1, mean=False):
+  def check_latents(images, latents):
+    if latents is None:
+      return None
+    latents = list(latents)
+    if len(latents) != config.num_scales:
+      raise ValueError(f"latents has {len(latents)} entries but the model has "
+                       f"{config.num_scales} latent scales (one per scale, coarsest first; "
+                       "None for a scale left free)")
+    batch, height, width, _ = images.shape
+    for i, (z, shape) in enumerate(zip(latents, config.latent_shapes(height, width))):
+      if z is not None and tuple(getattr(z, "shape", ())) != (batch,) + tuple(shape):
+        raise ValueError(f"latents[{i}] must have shape {(batch,) + tuple(shape)} "
+                         f"[B, h, w, latent_dims[{i}]], got {getattr(z, 'shape', None)}")
+    return [None if z is None else jnp.asarray(z, jnp.float32) for z in latents]
+
+  def sample(params, rng, images, *, num_samples=1, mean=False, latents=None):
     check_inputs(images)
-    return jit_sample(params, rng, images, int(num_samples),
+    return jit_sample(params, rng, images, check_latents(images, latents), int(num_samples),
                       normalise_mean(mean, config.num_scales))
 
   def forward(params, rng, images, segmentations, *, mean=False):

@@ -142,6 +142,39 @@ def test_per_scale_mean(small):
     model.sample(params, jax.random.key(3), images, mean=(True, False))
 
 
+def test_sample_with_given_latents(small):
+  """As the release's `sample(img, mean, z_q)`: fixed scales take the latents handed in."""
+  model, params, images, segs = small
+  out = model.forward(params, jax.random.key(1), images, segs, mean=True)
+  posterior_latents = out["posterior_latents"]
+  # All scales given: the prior with the posterior's latents, i.e. the reconstruction.
+  given = model.sample(params, jax.random.key(5), images, num_samples=2,
+                       latents=posterior_latents)
+  np.testing.assert_allclose(given[0], out["logits"], atol=1e-5)
+  np.testing.assert_allclose(given[1], out["logits"], atol=1e-5)
+
+  # The coarsest scale given, the others at their means: no randomness left,
+  # and the given latent, not the prior's, decides the output.
+  only_first = [posterior_latents[0], None, None]
+  a = model.sample(params, jax.random.key(6), images, num_samples=2, mean=True,
+                   latents=only_first)
+  np.testing.assert_allclose(a[0], a[1], atol=1e-6)
+  prior_mean = model.sample(params, jax.random.key(6), images, mean=True)
+  assert not np.allclose(a[0], prior_mean[0])
+  shifted = model.sample(params, jax.random.key(6), images, mean=True,
+                         latents=[posterior_latents[0] + 3.0, None, None])
+  assert not np.allclose(a[0], shifted[0])
+  # The free scales still sample when `mean` says so.
+  free = model.sample(params, jax.random.key(6), images, num_samples=2, latents=only_first)
+  assert not np.allclose(free[0], free[1])
+
+  with pytest.raises(ValueError, match="one per scale"):
+    model.sample(params, jax.random.key(6), images, latents=posterior_latents[:2])
+  with pytest.raises(ValueError, match=r"latents\[1\] must have shape \(2, 4, 4, 2\)"):
+    model.sample(params, jax.random.key(6), images,
+                 latents=[None, jnp.zeros((2, 2, 2, 2)), None])
+
+
 def test_reconstruct_mean_is_deterministic(small):
   model, params, images, segs = small
   a = model.reconstruct(params, jax.random.key(1), images, segs, mean=True)
