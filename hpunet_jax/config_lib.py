@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every=5_000,
       keep_checkpoints=3,
       seed=0,
+      # A workdir (e.g. from experiments.import_release) whose latest network
+      # parameters start this run; optimiser and step start afresh.
+      init_from=ml_collections.config_dict.placeholder(str),
   ))
 
   c.data = pipeline.default_config()

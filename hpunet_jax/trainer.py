@@ -106,6 +106,22 @@ class _Preemption:
     return bool(np.any(flags))
 
 
+def _init_params_from(workdir, state, mesh):
+  """`state` with the network parameters of the latest checkpoint in `workdir`.
+
+  Fine-tuning (`train.init_from`): the step, optimiser, GECO state and RNG
+  stay the fresh ones of this run.
+  """
+  _, _, params, step = restore_params(workdir)
+  ours = jax.tree.map(lambda x: x.shape, state.params["net"])
+  theirs = jax.tree.map(lambda x: x.shape, params)
+  if ours != theirs:
+    raise ValueError(f"train.init_from={workdir}: its parameters do not fit this run's model "
+                     "group; use the model config it was trained with")
+  logging.info("Initialised the network from step %d of %s.", step, workdir)
+  return state._replace(params={**state.params, "net": parallel.replicate(params, mesh)})
+
+
 def _fetch(pending):
   """Fetches pending step metrics; raises on the first non-finite loss/gradient."""
   fetched = jax.device_get([m for _, m in pending])
@@ -225,11 +241,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_step = checkpointer.latest_step()
   if start_step is not None:
     state, extra = checkpointer.restore(state)
-    train_iter.set_state(extra["data_iterator"])
+    if "data_iterator" in extra:  # an imported workdir (release.py) starts the data afresh
+      train_iter.set_state(extra["data_iterator"])
     logging.info("Resumed from the checkpoint at step %d in %s.", start_step,
                  checkpointer.directory)
   else:
     start_step = 0
+    if config.train.get("init_from"):
+      state = _init_params_from(config.train.init_from, state, mesh)
   if is_main:
     summary.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
   writer = summary.MetricWriter(workdir, enabled=is_main,
