@@ -7,6 +7,11 @@ Writes OUTPUT (all scales free), OUTPUT with `_coarsest_free` / `_finest_free`
 before the extension (only that latent scale sampled, the others at their
 means), and OUTPUT with `.npz` holding the images, graders, reconstructions,
 binary samples `[N, b, H, W]` and their foreground probabilities.
+
+`--style=colab` draws what DeepMind's colab (HPU_Net.ipynb) draws, e.g. for
+the imported release (`experiments.import_release`): the first image of each
+of the first 10 patients of --split, grader 3 reconstructed from a posterior
+sample, 16 samples per variant (--indices and --num_samples are ignored).
 """
 import os
 
@@ -14,7 +19,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from hpunet_jax import trainer
+from hpunet_jax import release, trainer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json, checkpoints/).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output PNG path.")
@@ -22,6 +27,8 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "Samples per image.", low
 _SPLIT = flags.DEFINE_string("split", "test", "Split to draw images from.")
 _INDICES = flags.DEFINE_list("indices", ["0", "1", "2"], "Indices of the images in the split.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_STYLE = flags.DEFINE_enum("style", "grid", ["grid", "colab"],
+                           "grid: --indices with --num_samples; colab: the release colab's figure.")
 flags.mark_flags_as_required(["workdir", "output"])
 
 
@@ -41,10 +48,16 @@ def main(argv):
   prefix = _OUTPUT.value[:-len(".png")]
   out_dir = os.path.dirname(os.path.abspath(prefix))
   os.makedirs(out_dir, exist_ok=True)
-  paths, arrays = trainer.draw_figures(
-      model, params, config, _SPLIT.value, prefix, rng=jax.random.key(_SEED.value),
-      num_samples=_NUM_SAMPLES.value, indices=indices,
-      title=f"step {step}, {_SPLIT.value} {','.join(map(str, indices))}: ")
+  if _STYLE.value == "colab":
+    paths, arrays = release.draw_colab_figures(
+        model, params, config, _SPLIT.value, prefix, rng=jax.random.key(_SEED.value),
+        title=f"step {step}, {_SPLIT.value}: ")
+    indices = arrays.pop("indices")
+  else:
+    paths, arrays = trainer.draw_figures(
+        model, params, config, _SPLIT.value, prefix, rng=jax.random.key(_SEED.value),
+        num_samples=_NUM_SAMPLES.value, indices=indices,
+        title=f"step {step}, {_SPLIT.value} {','.join(map(str, indices))}: ")
   npz = prefix + ".npz"
   tmp = prefix + ".tmp.npz"
   np.savez_compressed(tmp, indices=np.asarray(indices), **arrays)

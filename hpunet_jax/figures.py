@@ -305,3 +305,23 @@ def save_figure(path, array: np.ndarray) -> None:
   if directory:
     os.makedirs(directory, exist_ok=True)
   png.write_png(path, array)
+
+
+def colab_figure(images: np.ndarray, graders: np.ndarray, reconstructions: np.ndarray,
+                 samples: np.ndarray, title: Optional[str] = None) -> np.ndarray:
+  """What the release's colab (`HPU_Net.ipynb`) plots for one sampling variant.
+
+  The colab's content (image, graders, posterior reconstruction, 16 samples,
+  grader and sample std), one example per panel as the other figures here
+  (the colab has one example per column).
+
+  Args:
+    images: `[B, H, W, C]` in [0, 1].
+    graders: `[B, M, H, W]` binary.
+    reconstructions: `[B, H, W]` binary.
+    samples: `[N, B, H, W]` binary.
+    title: one line above the panels.
+  """
+  panels = [example_panel(images[i], graders[i], reconstructions[i], samples[:, i],
+                          labels=(i == 0)) for i in range(len(images))]
+  return figure(panels, title=title)

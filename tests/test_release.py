@@ -252,6 +252,20 @@ def test_fine_tuning_starts_from_the_imported_weights(imported, converted, tmp_p
     trainer._init_params_from(imported, other_state, mesh)  # pylint: disable=protected-access
 
 
+def test_colab_figures(imported, tmp_path):
+  config, model, params, _ = trainer.restore_params(imported)
+  paths, arrays = release.draw_colab_figures(model, params, config, "test",
+                                             str(tmp_path / "colab"), num_samples=4)
+  assert [os.path.basename(p) for p in paths] == [
+      "colab.png", "colab_coarsest_free.png", "colab_finest_free.png"]
+  assert list(arrays["indices"]) == list(range(10))               # fake data: no patients
+  assert arrays["samples"].shape == (4, 10, 8, 8)
+  assert arrays["reconstruction"].shape == (10, 8, 8)
+  assert arrays["samples_finest_free"].shape == (4, 10, 8, 8)
+  assert release.colab_variants(2)["_coarsest_free"][0] == (False, True)
+  assert release.colab_variants(4)["_finest_free"][0] == (True, True, True, False)
+
+
 def test_import_cli(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   workdir = str(tmp_path / "run")

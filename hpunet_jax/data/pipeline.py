@@ -392,7 +392,22 @@ def make_eval_iterator(data_config, split, *, batch_size, num_examples=None):  #
   return iter(dataset.to_iter_dataset(_read_options(data_config)))
 
 
+def example_ids(data_config, split):
+  """`[(patient_id, z, crop)]` of every example of `split` in source order, or None.
+
+  None for datasets without patients (fake and synthetic data). Reads (and
+  decodes) the whole split once: for picking examples, not for training.
+  """
+  source = _source(data_config, split)
+  if not len(source) or "patient_id" not in source[0]:
+    return None
+  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
+  return [(text(e["patient_id"]), text(e["z"]), int(e["crop"]))
+          for e in (source[i] for i in range(len(source)))]
+
+
 __all__ = [
-    "FAKE", "FAKE_NUM_EXAMPLES", "FakeSource", "default_config", "make_eval_iterator",
-    "make_train_iterator", "num_examples", "prepare", "train_dataset", "validate_config",
+    "FAKE", "FAKE_NUM_EXAMPLES", "FakeSource", "default_config", "example_ids",
+    "make_eval_iterator", "make_train_iterator", "num_examples", "prepare", "train_dataset",
+    "validate_config",
 ]
