@@ -23,7 +23,7 @@ setup(
         "orbax-checkpoint>=0.11.10",
         # Reading TensorFlow checkpoints without TensorFlow (tf_checkpoint.py).
         "google-crc32c>=1.5",
-        "protobuf>=4.21",
+        "protobuf>=4.25",  # message_factory.GetMessageClass
         "ml_dtypes>=0.2",
         "etils[epath]>=1.5",
         "numpy>=1.26",

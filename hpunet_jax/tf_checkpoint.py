@@ -14,7 +14,7 @@ A `tf.train.Saver` V2 checkpoint with prefix `P` is:
   header names (little-endian on every machine TF runs on).
 
 Why a reader here and not TensorFlow as an optional dependency: TensorFlow
-would be a 500 MB install used by one command, and the tests (which must not
+would be an install of several hundred MB for one command, and the tests (which must not
 need TensorFlow) could then only check the name map against a fake reader,
 never the reading of a real file. This reader is small, reads the fixture
 TensorFlow wrote in `tests/fixtures/`, and checks every CRC, so a truncated
