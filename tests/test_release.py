@@ -29,7 +29,9 @@ import numpy as np
 import pytest
 
 from hpunet_jax import checkpoint, config_lib, release, tf_checkpoint, trainer
+from hpunet_jax.data import pipeline
 from hpunet_jax.model import HPUNetConfig, make_model
+import test_data_lidc  # the tiny LIDC layout writer (tests/ is on sys.path under pytest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "release_small")
@@ -264,6 +266,20 @@ def test_colab_figures(imported, tmp_path):
   assert arrays["samples_finest_free"].shape == (4, 10, 8, 8)
   assert release.colab_variants(2)["_coarsest_free"][0] == (False, True)
   assert release.colab_variants(4)["_finest_free"][0] == (True, True, True, False)
+
+
+def test_colab_picks_the_first_image_of_each_patient(tmp_path):
+  config = pipeline.default_config()
+  config.name = "lidc_crops/custom"
+  config.data_dir = os.fspath(tmp_path / "data")
+  config.manual_dir = os.fspath(test_data_lidc.write_tree(tmp_path / "manual", size=(8, 8)))
+  pipeline.prepare(config)
+  ids = pipeline.example_ids(config, "train")
+  picked = [ids[i] for i in release.colab_indices(config, "train")]
+  # LIDC-0001 has z-120.0_c1 and z-123.5_c0: the first file name is z--120.0_c1.png.
+  assert picked == [("LIDC-0001", "-120.0", 1), ("LIDC-0002", "17.25", 0)]
+  assert [ids[i][0] for i in release.colab_indices(config, "train", num_patients=1)] == [
+      "LIDC-0001"]
 
 
 def test_import_cli(tmp_path):
