@@ -143,8 +143,8 @@ def test_every_tensor_lands_in_the_parameter_the_map_says(converted, expected):
   # The values are distinct, so a swapped pair would have failed above.
   flat = {n: v.tobytes() for n, v in variables.items() if n in mapping}
   assert len(set(flat.values())) == len(flat)
-  np.testing.assert_array_equal(
-      converted.lagrange_raw, variables["model/HPUNet/snt_lagrange_multiplier/lagrange_multiplier/w"])
+  np.testing.assert_array_equal(converted.lagrange_raw,
+                                variables[f"model/HPUNet/{release.LAGRANGE_MULTIPLIER}"])
   assert converted.release_step == 240_000 and converted.scope == "model/HPUNet"
   assert {k: len(v) for k, v in converted.skipped.items()} == {
       release.SKIP_OPTIMIZER: 2 * (NUM_MODEL_TENSORS + 1) + 2,   # Adam, Adam_1; beta powers
