@@ -28,7 +28,8 @@ setup(
         "etils[epath]>=1.5",
         "numpy>=1.26",
         "scipy>=1.13",
-        "Pillow>=10.0",  # docs/augmentation.png (experiments.augmentation_figure), test fixtures
+        "pillow>=10.1",  # PNG reading and writing, figure text (ImageFont.load_default(size)), docs/augmentation.png
+        "etils[epath]>=1.7",
     ],
     extras_require={"test": ["pytest>=8.0"]},
 )

@@ -1,4 +1,4 @@
-"""Figures of segmentation samples as uint8 RGB arrays (numpy only) and PNGs.
+"""Figures of segmentation samples as uint8 RGB arrays (numpy tiling, Pillow text) and PNGs.
 
 One panel per example, laid out like the figures of the HPU-Net release:
 
@@ -6,103 +6,80 @@ One panel per example, laid out like the figures of the HPU-Net release:
   samples, in rows of 8
 
 Masks are white on black. Std maps are the per-pixel standard deviation over
-graders / samples, coloured with a viridis approximation on the fixed range
-[0, 0.5] (0.5 is the largest std of a binary variable), so colours compare
-across examples and figures. Small images are upscaled (nearest neighbour) to
-tiles of at least 128 px; column labels and titles use a built-in 5x7 font.
+graders / samples, coloured with viridis (matplotlib's 256-entry table) on the
+fixed range [0, 0.5] (0.5 is the largest std of a binary variable), so colours
+compare across examples and figures. Small images are upscaled (nearest
+neighbour) to tiles of at least 128 px; column labels and titles are drawn
+with Pillow's `ImageDraw` in its built-in font.
 
 Example:
 
   panels = [figures.example_panel(img, graders, recon, samples) for ...]
   figures.save_figure(path, figures.figure(panels, title="step 1000, val"))
 """
+import functools
 import math
-import os
 from typing import Optional, Sequence
 
+from etils import epath
 import numpy as np
-
-from hpunet_jax import png
+from PIL import Image, ImageDraw, ImageFont
 
 BACKGROUND = (64, 64, 64)
 TEXT_COLOR = (255, 255, 255)
+TEXT_SIZE = 10  # Font size in pixels at scale 1.
 MIN_TILE_SIZE = 128  # Smallest tile side in pixels after upscaling.
 GAP = 4  # Pixels between tiles.
 MARGIN = 8  # Pixels around a panel's contents.
 PANEL_GAP = 8  # Extra pixels between the panels of a figure.
 STD_RANGE = (0.0, 0.5)
 
-# Viridis at 0, 1/7, ..., 1 (matplotlib's values); linear interpolation
-# between them is within a few levels of the full colormap.
-_VIRIDIS_ANCHORS = np.array([
-    (68, 1, 84), (70, 51, 126), (54, 92, 141), (39, 127, 142),
-    (31, 161, 135), (74, 193, 109), (160, 218, 57), (253, 231, 37)], np.float64)
+# Viridis, the 256 colours of matplotlib's `_viridis_data` (CC0, by Nathaniel
+# J. Smith, Stefan van der Walt and Eric Firing) as round(255 * value), RGB hex.
+VIRIDIS = np.frombuffer(bytes.fromhex(
+    "44015444025645045745055946075a46085c460a5d460b5e470d60470e61471063471164471365481467481668481769"
+    "48186a481a6c481b6d481c6e481d6f481f70482071482173482374482475482576482677482878482979472a7a472c7a"
+    "472d7b472e7c472f7d46307e46327e46337f463480453581453781453882443983443a83443b84433d84433e85423f85"
+    "4240864241864142874144874045884046883f47883f48893e49893e4a893e4c8a3d4d8a3d4e8a3c4f8a3c508b3b518b"
+    "3b528b3a538b3a548c39558c39568c38588c38598c375a8c375b8d365c8d365d8d355e8d355f8d34608d34618d33628d"
+    "33638d32648e32658e31668e31678e31688e30698e306a8e2f6b8e2f6c8e2e6d8e2e6e8e2e6f8e2d708e2d718e2c718e"
+    "2c728e2c738e2b748e2b758e2a768e2a778e2a788e29798e297a8e297b8e287c8e287d8e277e8e277f8e27808e26818e"
+    "26828e26828e25838e25848e25858e24868e24878e23888e23898e238a8d228b8d228c8d228d8d218e8d218f8d21908d"
+    "21918c20928c20928c20938c1f948c1f958b1f968b1f978b1f988b1f998a1f9a8a1e9b8a1e9c891e9d891f9e891f9f88"
+    "1fa0881fa1881fa1871fa28720a38620a48621a58521a68522a78522a88423a98324aa8325ab8225ac8226ad8127ad81"
+    "28ae8029af7f2ab07f2cb17e2db27d2eb37c2fb47c31b57b32b67a34b67935b77937b87838b9773aba763bbb753dbc74"
+    "3fbc7340bd7242be7144bf7046c06f48c16e4ac16d4cc26c4ec36b50c46a52c56954c56856c66758c7655ac8645cc863"
+    "5ec96260ca6063cb5f65cb5e67cc5c69cd5b6ccd5a6ece5870cf5773d05675d05477d1537ad1517cd2507fd34e81d34d"
+    "84d44b86d54989d5488bd6468ed64590d74393d74195d84098d83e9bd93c9dd93ba0da39a2da37a5db36a8db34aadc32"
+    "addc30b0dd2fb2dd2db5de2bb8de29bade28bddf26c0df25c2df23c5e021c8e020cae11fcde11dd0e11cd2e21bd5e21a"
+    "d8e219dae319dde318dfe318e2e418e5e419e7e419eae51aece51befe51cf1e51df4e61ef6e620f8e621fbe723fde725"), np.uint8).reshape(256, 3)
+
 
 # ---------------------------------------------------------------------------
-# 5x7 bitmap font (plus a row for descenders): printable ASCII 0x20..0x7E,
-# 5 columns per glyph, each a byte whose bit r (LSB first) is row r from the
-# top (the classic LCD font).
-_FONT_FIRST = 0x20
-_FONT_COLUMNS = bytes.fromhex(
-    "0000000000" "00005f0000" "0007000700" "147f147f14"  # space ! " #
-    "242a7f2a12" "2313086462" "3649552250" "0005030000"  # $ % & '
-    "001c224100" "0041221c00" "082a1c2a08" "08083e0808"  # ( ) * +
-    "0050300000" "0808080808" "0060600000" "2010080402"  # , - . /
-    "3e5149453e" "00427f4000" "4261514946" "2141454b31"  # 0 1 2 3
-    "1814127f10" "2745454539" "3c4a494930" "0171090503"  # 4 5 6 7
-    "3649494936" "064949291e" "0036360000" "0056360000"  # 8 9 : ;
-    "0008142241" "1414141414" "4122140800" "0201510906"  # < = > ?
-    "324979413e" "7e1111117e" "7f49494936" "3e41414122"  # @ A B C
-    "7f4141221c" "7f49494941" "7f09090101" "3e41415132"  # D E F G
-    "7f0808087f" "00417f4100" "2040413f01" "7f08142241"  # H I J K
-    "7f40404040" "7f0204027f" "7f0408107f" "3e4141413e"  # L M N O
-    "7f09090906" "3e4151215e" "7f09192946" "4649494931"  # P Q R S
-    "01017f0101" "3f4040403f" "1f2040201f" "7f2018207f"  # T U V W
-    "6314081463" "0304780403" "6151494543" "007f414100"  # X Y Z [
-    "0204081020" "0041417f00" "0402010204" "4040404040"  # \ ] ^ _
-    "0001020400" "2054545478" "7f48444438" "3844444420"  # ` a b c
-    "384444487f" "3854545418" "087e090102" "18a4a4a47c"  # d e f g
-    "7f08040478" "00447d4000" "2040443d00" "007f102844"  # h i j k
-    "00417f4000" "7c04180478" "7c08040478" "3844444438"  # l m n o
-    "fc24242418" "182424187c" "7c08040408" "4854545420"  # p q r s
-    "043f444020" "3c4040207c" "1c2040201c" "3c4030403c"  # t u v w
-    "4428102844" "9ca0a0a07c" "4464544c44" "0008364100"  # x y z {
-    "00007f0000" "0041360800" "0804081008")               # | } ~
-GLYPH_WIDTH, GLYPH_HEIGHT = 5, 8
+# Text (Pillow).
+
+@functools.lru_cache(maxsize=None)
+def _font(scale: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+  return ImageFont.load_default(size=TEXT_SIZE * scale)
 
 
-def _glyph(char: str) -> np.ndarray:
-  """bool [8, 5] bitmap of `char` ('?' for characters outside the font)."""
-  code = ord(char)
-  if not _FONT_FIRST <= code < _FONT_FIRST + len(_FONT_COLUMNS) // GLYPH_WIDTH:
-    code = ord("?")
-  start = (code - _FONT_FIRST) * GLYPH_WIDTH
-  columns = np.frombuffer(_FONT_COLUMNS[start:start + GLYPH_WIDTH], np.uint8)
-  return ((columns[None, :] >> np.arange(GLYPH_HEIGHT)[:, None]) & 1).astype(bool)
+def text_height(scale: int = 1) -> int:
+  """Height in pixels of a line of text (ascent + descent) at `scale`."""
+  ascent, descent = _font(scale).getmetrics()
+  return ascent + descent
 
 
 def text_width(text: str, scale: int = 1) -> int:
-  """Width in pixels of `text` rendered by `render_text`."""
-  return max(0, len(text) * (GLYPH_WIDTH + 1) - 1) * scale
-
-
-def render_text(text: str, scale: int = 1) -> np.ndarray:
-  """Renders one line of text as a bool mask `[8 * scale, text_width]`."""
-  mask = np.zeros((GLYPH_HEIGHT, max(0, len(text) * (GLYPH_WIDTH + 1) - 1)), bool)
-  for i, char in enumerate(text):
-    x = i * (GLYPH_WIDTH + 1)
-    mask[:, x:x + GLYPH_WIDTH] = _glyph(char)
-  return np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
+  """Width in pixels of `text` drawn by `draw_text` at `scale`."""
+  return math.ceil(_font(scale).getlength(text))
 
 
 def draw_text(canvas: np.ndarray, text: str, top: int, left: int, *,
               scale: int = 1, color=TEXT_COLOR) -> None:
-  """Draws `text` on uint8 `[H, W, 3]` `canvas` in place, clipped to it."""
-  mask = render_text(text, scale)
-  height = max(0, min(mask.shape[0], canvas.shape[0] - top))
-  width = max(0, min(mask.shape[1], canvas.shape[1] - left))
-  region = canvas[top:top + height, left:left + width]
-  region[mask[:height, :width]] = color
+  """Draws `text` on uint8 `[H, W, 3]` `canvas` in place (top-left at `top, left`), clipped."""
+  image = Image.fromarray(canvas)
+  ImageDraw.Draw(image).text((left, top), text, font=_font(scale), fill=tuple(color))
+  canvas[...] = np.asarray(image)
 
 
 def _fit_text(text: str, width: int, max_scale: int) -> tuple[str, int]:
@@ -110,21 +87,21 @@ def _fit_text(text: str, width: int, max_scale: int) -> tuple[str, int]:
   for scale in range(max_scale, 0, -1):
     if text_width(text, scale) <= width:
       return text, scale
-  chars = max(0, (width + 1) // (GLYPH_WIDTH + 1))
-  return text[:chars], 1
+  while text and text_width(text, 1) > width:
+    text = text[:-1]
+  return text, 1
 
 
 # ---------------------------------------------------------------------------
 # Tiles.
 
 def colormap(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
-  """Maps `values` `[...]` to viridis colours uint8 `[..., 3]` (clipped range)."""
+  """Maps `values` `[...]` to viridis colours uint8 `[..., 3]` (clipped to the range).
+
+  As matplotlib's colormaps: [vmin, vmax] is cut into 256 equal bins, one colour each.
+  """
   t = np.clip((np.asarray(values, np.float64) - vmin) / (vmax - vmin), 0.0, 1.0)
-  position = t * (len(_VIRIDIS_ANCHORS) - 1)
-  low = np.minimum(np.floor(position).astype(int), len(_VIRIDIS_ANCHORS) - 2)
-  frac = (position - low)[..., None]
-  rgb = (1 - frac) * _VIRIDIS_ANCHORS[low] + frac * _VIRIDIS_ANCHORS[low + 1]
-  return np.round(rgb).astype(np.uint8)
+  return VIRIDIS[np.minimum((t * len(VIRIDIS)).astype(int), len(VIRIDIS) - 1)]
 
 
 def _gray_to_rgb(values: np.ndarray) -> np.ndarray:
@@ -215,7 +192,7 @@ def example_panel(image: np.ndarray, graders: np.ndarray,
   # Labels at scale 2 where every label fits the tile width, else scale 1.
   longest = max(len(name) for name, _ in first_row + [("samples", None)])
   label_scale = 2 if text_width("x" * longest, 2) <= tile_w else 1
-  label_h = (GLYPH_HEIGHT * label_scale + GAP) if labels else 0
+  label_h = (text_height(label_scale) + GAP) if labels else 0
 
   height = (2 * MARGIN + label_h + tile_h
             + sample_rows * (tile_h + GAP) + (label_h if sample_rows else 0))
@@ -248,7 +225,7 @@ def colorbar(width: int, *, label: str = "std", vmin: float = STD_RANGE[0],
              vmax: float = STD_RANGE[1], scale: int = 1) -> np.ndarray:
   """A labelled horizontal colour bar uint8 `[h, width, 3]` ('std 0 [bar] 0.5')."""
   left_text, right_text = f"{label} {vmin:g}", f"{vmax:g}"
-  text_h = GLYPH_HEIGHT * scale
+  text_h = text_height(scale)
   bar_h = max(text_h, 8)
   bar_w = max(16, width - text_width(left_text, scale) - text_width(right_text, scale)
               - 4 * GAP)
@@ -281,7 +258,7 @@ def figure(panels: Sequence[np.ndarray], title: Optional[str] = None, *,
   blocks = []
   if title:
     text, scale = _fit_text(title, width - 2 * MARGIN, 3)
-    block = _canvas(GLYPH_HEIGHT * scale + MARGIN, width)
+    block = _canvas(text_height(scale) + MARGIN, width)
     draw_text(block, text, MARGIN, MARGIN, scale=scale)
     blocks.append(block)
   for i, panel in enumerate(panels):
@@ -300,11 +277,16 @@ def figure(panels: Sequence[np.ndarray], title: Optional[str] = None, *,
 
 
 def save_figure(path, array: np.ndarray) -> None:
-  """Writes uint8 `[h, w, 3]` `array` as a PNG (atomically), creating the directory."""
-  directory = os.path.dirname(os.fspath(path))
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  png.write_png(path, array)
+  """Writes uint8 `[h, w, 3]` `array` as a PNG at `path` (any `epath` path), creating the folder.
+
+  Written to a temporary name and renamed, so a reader never sees half a file.
+  """
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f"{path.name}.tmp.png"
+  with tmp.open("wb") as f:
+    Image.fromarray(np.asarray(array, np.uint8)).save(f, format="PNG")
+  tmp.rename(path)
 
 
 def colab_figure(images: np.ndarray, graders: np.ndarray, reconstructions: np.ndarray,

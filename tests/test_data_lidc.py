@@ -3,10 +3,10 @@ import os
 import tarfile
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from hpunet_jax import png
 from hpunet_jax.data import lidc
 from hpunet_jax.data import pipeline
 
@@ -32,14 +32,18 @@ def mask_pixels(size, grader):
   return mask
 
 
+def write_png(path, array):
+  Image.fromarray(np.asarray(array)).save(path, format="PNG")
+
+
 def write_split(split_dir, items, size, num_graders=4, first_grader=0):
   for patient, z, crop in items:
     for sub in ("images", "gt"):
       os.makedirs(os.path.join(split_dir, sub, patient), exist_ok=True)
     stem = f"z-{z}_c{crop}"
-    png.write_png(os.path.join(split_dir, "images", patient, f"{stem}.png"), image_pixels(size, crop))
+    write_png(os.path.join(split_dir, "images", patient, f"{stem}.png"), image_pixels(size, crop))
     for k in range(num_graders):
-      png.write_png(os.path.join(split_dir, "gt", patient, f"{stem}_l{k + first_grader}.png"),
+      write_png(os.path.join(split_dir, "gt", patient, f"{stem}_l{k + first_grader}.png"),
                     mask_pixels(size, k))
 
 
@@ -160,7 +164,7 @@ def _remove(path):
 
 
 def _write(path, array):
-  png.write_png(path, array)
+  write_png(path, array)
 
 
 # Each case: (damage to apply to the extracted tree, file named in the error).
@@ -249,3 +253,62 @@ def test_pipeline_prepares_and_reads_custom_data(tmp_path):
   config.image_size = (16, 21)
   with pytest.raises(ValueError, match="data.image_size"):
     pipeline.prepare(config)
+
+
+# PNG modes other tools write. Each: (Pillow image, read as mask?, expected uint8 [H, W, 1] or
+# the error's words).
+_EYE = np.eye(6, dtype=bool)
+
+
+def _palette(colours):
+  image = Image.fromarray(_EYE.astype(np.uint8)).convert("P")
+  image.putpalette(colours)
+  return image
+
+
+PNG_MODE_CASES = {
+    "1bit_mask": (Image.fromarray(_EYE), True, _EYE * 255),
+    "16bit_mask_0_1": (Image.fromarray(_EYE.astype(np.uint16)), True, _EYE * 255),
+    "16bit_mask_0_65535": (Image.fromarray(_EYE.astype(np.uint16) * 65535), True, _EYE * 255),
+    "16bit_mask_not_binary": (Image.fromarray(_EYE.astype(np.uint16) * 300), True,
+                              "16-bit mask values [0, 300] are not binary"),
+    "16bit_image": (Image.fromarray(_EYE.astype(np.uint16) * 1000), False,
+                    "16-bit image (PNG mode I;16)"),
+    "gray_palette": (_palette([0, 0, 0, 255, 255, 255]), True, _EYE * 255),
+    "colour_palette": (_palette([0, 0, 0, 255, 0, 0]), True, "has 3 channels (PNG mode P)"),
+    "gray_rgb_image": (Image.fromarray(np.repeat((_EYE * 200).astype(np.uint8)[..., None], 3, -1)),
+                       False, _EYE * 200),
+    "colour_rgb_image": (Image.fromarray(np.stack([_EYE * 200, _EYE * 0, _EYE * 0], -1)
+                                         .astype(np.uint8)), False,
+                         "has 3 channels (PNG mode RGB), expected 1"),
+    "tiff_named_png": (None, False, "unreadable PNG (not a PNG file)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PNG_MODE_CASES))
+def test_png_modes_are_converted_or_refused_naming_file_and_mode(tmp_path, case):
+  image, is_mask, expected = PNG_MODE_CASES[case]
+  path = tmp_path / "z-1.0_c0.png"
+  if image is None:  # A TIFF saved under a .png name is not read as a PNG.
+    Image.fromarray(_EYE.astype(np.float32)).save(path, format="TIFF")
+  else:
+    image.save(path, format="PNG")
+  if isinstance(expected, str):
+    with pytest.raises(lidc.LidcDataError) as error:
+      lidc._read_png(path, 1, mask=is_mask)
+    assert str(error.value).startswith(f"{path}: ")
+    assert expected in str(error.value)
+  else:
+    array = lidc._read_png(path, 1, mask=is_mask)
+    assert array.dtype == np.uint8
+    np.testing.assert_array_equal(array, expected.astype(np.uint8)[..., None])
+
+
+def test_one_bit_masks_build_a_dataset(tmp_path):
+  """`Image.fromarray(bool_mask).save()` writes 1-bit PNGs: they are read as {0, 1} masks."""
+  tree = write_tree(tmp_path / "manual", size=(12, 10))
+  path = tree / "test/gt/LIDC-0004/z-5.0_c0_l2.png"
+  Image.fromarray(mask_pixels((12, 10), 2) > 0).save(path)
+  assert Image.open(path).mode == "1"
+  test = build(tmp_path / "data", tree, config="custom").as_data_source(split="test")
+  np.testing.assert_array_equal(test[0]["masks"][..., 2], mask_pixels((12, 10), 2) > 0)

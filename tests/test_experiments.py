@@ -8,10 +8,11 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from configs import synthetic
-from hpunet_jax import checkpoint, png, summary, trainer
+from hpunet_jax import checkpoint, summary, trainer
 from hpunet_jax.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,7 @@ def test_train_cli_writes_metrics_checkpoints_figures(trained):
   assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3, 6]
   for name in ("step_0000006.png", "step_0000006_coarsest_free.png",
                "step_0000006_finest_free.png"):
-    image = png.read_png(os.path.join(workdir, "figures", name))
+    image = np.asarray(Image.open(os.path.join(workdir, "figures", name)))
     assert image.shape[2] == 3 and image.shape[0] > 100
   config = json.load(open(os.path.join(workdir, "config.json")))
   assert config["train"]["num_steps"] == 6

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from hpunet_jax import figures
-from hpunet_jax import png
 
 H = W = 32
 TILE = 128  # 32 px upscaled 4x to reach figures.MIN_TILE_SIZE.
@@ -77,31 +78,49 @@ def test_labels_and_title_are_drawn():
   labelled = figures.example_panel(image, graders, reconstruction, samples)
   plain = figures.example_panel(image, graders, reconstruction, samples, labels=False)
   assert labelled.shape[0] > plain.shape[0]
-  label_band = labelled[:figures.MARGIN + 2 * figures.GLYPH_HEIGHT]
+  label_band = labelled[:figures.MARGIN + figures.text_height(2)]
   assert (label_band == figures.TEXT_COLOR).all(axis=-1).any()
   fig = figures.figure([labelled, plain[:, :300]], title="step 1000: val")
   assert fig.dtype == np.uint8 and fig.shape[1] == labelled.shape[1]
-  title_band = fig[:figures.MARGIN + 3 * figures.GLYPH_HEIGHT]
+  title_band = fig[:figures.MARGIN + figures.text_height(3)]
   assert (title_band == figures.TEXT_COLOR).all(axis=-1).sum() > 50
   # The narrower panel is padded with the background colour.
   assert (fig[-100:, -50:] == figures.BACKGROUND).all()
 
 
-def test_font():
-  mask = figures.render_text("grader 1", scale=2)
-  assert mask.dtype == bool and mask.any()
-  assert mask.shape == (2 * figures.GLYPH_HEIGHT, figures.text_width("grader 1", 2))
-  for char in "AZaz09:.-()":
-    assert figures.render_text(char).any(), char
-  assert not figures.render_text(" ").any()
-  # Characters outside the font fall back to '?'.
-  np.testing.assert_array_equal(figures.render_text("\u00e9"), figures.render_text("?"))
+def test_text_is_drawn_where_its_measured_size_says():
+  canvas = np.zeros((60, 200, 3), np.uint8)
+  figures.draw_text(canvas, "grader 1", 10, 20, scale=2)
+  ys, xs = np.nonzero(canvas.any(axis=-1))
+  assert ys.min() >= 10 and ys.max() < 10 + figures.text_height(2)
+  assert xs.min() >= 20 and xs.max() < 20 + figures.text_width("grader 1", 2)
+  assert figures.text_width("grader 1", 2) > figures.text_width("grader 1", 1) > 0
+  # Clipped at the canvas edge, not an error.
+  figures.draw_text(canvas, "a long line of text", 55, 150)
+  blank = np.zeros((20, 40, 3), np.uint8)
+  figures.draw_text(blank, " ", 0, 0)
+  assert not blank.any()
 
 
-def test_colormap_endpoints_and_monotone_brightness():
+def test_fit_text_shrinks_then_truncates():
+  assert figures._fit_text("sample std", 1000, 3) == ("sample std", 3)
+  text, scale = figures._fit_text("sample std", figures.text_width("sample std", 1), 3)
+  assert (text, scale) == ("sample std", 1)
+  text, scale = figures._fit_text("sample std", figures.text_width("sam", 1), 3)
+  assert scale == 1 and "sample std".startswith(text) and 0 < len(text) < 10
+
+
+def test_colormap_is_matplotlibs_viridis():
   colours = figures.colormap(np.linspace(0, 1, 9))
   assert colours.dtype == np.uint8 and colours.shape == (9, 3)
-  assert tuple(colours[-1]) == (253, 231, 37)
+  assert tuple(colours[0]) == (68, 1, 84) and tuple(colours[-1]) == (253, 231, 37)
+  assert figures.VIRIDIS.shape == (256, 3)
+  # Entries of matplotlib's `_viridis_data` (x 255, rounded): 64, 128 and 192 of 256.
+  np.testing.assert_array_equal(figures.colormap([64.5 / 256, 128.5 / 256, 192.5 / 256]),
+                                [[59, 82, 139], [33, 145, 140], [94, 201, 98]])
+  # 256 equal bins: the bin edge at 1/256 separates entries 0 and 1.
+  np.testing.assert_array_equal(figures.colormap([0.99 / 256, 1.01 / 256]),
+                                figures.VIRIDIS[:2])
   brightness = colours.astype(float) @ [0.299, 0.587, 0.114]
   assert np.all(np.diff(brightness) > 0)
 
@@ -112,4 +131,5 @@ def test_save_figure_writes_a_valid_png(tmp_path):
                        title="test")
   path = tmp_path / "figures" / "samples_000100.png"
   figures.save_figure(path, fig)
-  np.testing.assert_array_equal(png.read_png(path), fig)
+  np.testing.assert_array_equal(np.asarray(Image.open(path)), fig)
+  assert [p.name for p in path.parent.iterdir()] == [path.name]  # No temporary left.

@@ -34,9 +34,8 @@ import zlib
 
 from etils import epath
 import numpy as np
+from PIL import Image
 import tensorflow_datasets as tfds
-
-from hpunet_jax import png
 
 URL_ROOT = "https://storage.googleapis.com/hpunet-data/lidc_crops/"
 
@@ -167,13 +166,52 @@ def index_split(split_dir, num_graders=None):
   return entries
 
 
-def _read_png(path, channels):
-  """Reads `path` as uint8 `[H, W, channels]`; errors name the file."""
+# PNG modes (as Pillow opens them) read as 8 bits per channel, and what they become.
+_EIGHT_BIT_MODES = {"L", "LA", "RGB", "RGBA"}
+# 16-bit grayscale: masks only (a CT image's 16 -> 8 bit windowing is the user's choice).
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
+_MASK_LEVELS = ({0, 1}, {0, 255}, {0, 65535})
+
+
+def _read_png(path, channels, *, mask=False):
+  """Reads the PNG at `path` as uint8 `[H, W, channels]`; errors name the file.
+
+  Modes (Pillow's names): 8-bit `L`, `LA`, `RGB`, `RGBA` are read as they are;
+  1-bit `1` becomes 0 / 255; palette `P` / `PA` become their palette's RGB(A)
+  colours. An image with 3 or 4 channels (or gray + alpha) is accepted as
+  1-channel when every pixel is gray and opaque; otherwise its channels must be
+  `channels`. 16-bit grayscale (`I;16`) is accepted for masks (`mask=True`)
+  whose values are {0, 1}, {0, 255} or {0, 65535}, which become 0 / 255, and
+  refused for images. Other modes are refused naming the mode.
+  """
   try:
-    array = png.read_png(path)
-  except (png.PNGError, OSError) as e:
-    detail = str(e).replace(f"{path}: ", "")  # PNGError already names the file.
-    raise LidcDataError(f"{path}: unreadable PNG ({detail})") from e
+    with epath.Path(path).open("rb") as f, Image.open(f, formats=["PNG"]) as image:
+      image.load()
+      mode = image.mode
+      if mode == "1":
+        image = image.convert("L")     # 0 / 255
+      elif mode in ("P", "PA"):
+        image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+      array = np.asarray(image)
+  except Image.UnidentifiedImageError as e:
+    raise LidcDataError(f"{path}: unreadable PNG (not a PNG file)") from e
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise LidcDataError(f"{path}: unreadable PNG ({e})") from e
+  if mode in _SIXTEEN_BIT_MODES:
+    values = set(np.unique(array).tolist())
+    if not mask:
+      raise LidcDataError(f"{path}: 16-bit image (PNG mode {mode}); convert it to 8 bits "
+                          f"with the intensity window you want")
+    if not any(values <= levels for levels in _MASK_LEVELS):
+      raise LidcDataError(
+          f"{path}: 16-bit mask values {sorted(values)[:8]} are not binary (expected {{0, 1}}, "
+          f"{{0, 255}} or {{0, 65535}})")
+    array = np.where(array > 0, 255, 0).astype(np.uint8)
+  elif mode not in _EIGHT_BIT_MODES | {"1", "P", "PA"}:
+    raise LidcDataError(f"{path}: PNG mode {mode} is not read (expected 8-bit gray, RGB(A), "
+                        f"1-bit, palette, or 16-bit gray for masks)")
+  if array.ndim == 2:
+    array = array[..., None]
   have = array.shape[-1]
   if have == channels:
     return array
@@ -182,12 +220,12 @@ def _read_png(path, channels):
   alpha_ok = have in (1, 3) or np.all(array[..., -1] == 255)
   if channels == 1 and alpha_ok and np.all(color == color[..., :1]):
     return color[..., :1]
-  raise LidcDataError(f"{path}: has {have} channels, expected {channels}")
+  raise LidcDataError(f"{path}: has {have} channels (PNG mode {mode}), expected {channels}")
 
 
 def _read_mask(path, image_shape):
   """Reads a mask PNG as bool `[H, W]`; it must match `image_shape` and be binary."""
-  mask = _read_png(path, 1)
+  mask = _read_png(path, 1, mask=True)
   if mask.shape[:2] != image_shape:
     raise LidcDataError(
         f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, its image is "
