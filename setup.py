@@ -30,6 +30,8 @@ setup(
         "scipy>=1.13",
         "pillow>=10.1",  # PNG reading and writing, figure text (ImageFont.load_default(size)), docs/augmentation.png
         "etils[epath]>=1.7",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
-    extras_require={"test": ["pytest>=8.0"]},
+    # tensorboard: the tests read the event files back with its EventAccumulator.
+    extras_require={"test": ["pytest>=8.0", "tensorboard>=2.15"]},
 )

@@ -286,7 +286,7 @@ def save_figure(path, array: np.ndarray) -> None:
   tmp = path.parent / f"{path.name}.tmp.png"
   with tmp.open("wb") as f:
     Image.fromarray(np.asarray(array, np.uint8)).save(f, format="PNG")
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def colab_figure(images: np.ndarray, graders: np.ndarray, reconstructions: np.ndarray,

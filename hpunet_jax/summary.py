@@ -1,10 +1,9 @@
-"""Metric logging: JSON lines + TensorBoard event files, atomic JSON, progress lines.
+"""Metric logging: JSON lines + TensorBoard (tensorboardX), atomic JSON, progress lines.
 
 `MetricWriter` appends every logged dict to `<workdir>/metrics.jsonl` (the
-record to analyse) and writes the same scalars to a TensorBoard event file
-`<workdir>/events.out.tfevents.<unix time>.<hostname>` (the record to look at)
-without TensorFlow: the file is a TFRecord stream of `Event` protocol buffers,
-which are simple enough to encode by hand (see `_event`).
+record to analyse) and writes the same scalars, plus figures and text, to a
+TensorBoard event file `<workdir>/events.out.tfevents.*` through tensorboardX
+(the record to look at; no TensorFlow needed).
 
 Non-finite values: TensorBoard gets them as they are (float NaN/inf); in
 `metrics.jsonl` they are written as the strings "nan", "inf" and "-inf" (JSON
@@ -15,105 +14,15 @@ Only process 0 should write: construct the writer with
 """
 import json
 import math
-import os
-import socket
-import struct
 import time
 from typing import Any, Callable, Mapping, Optional
 
 from absl import logging
+from etils import epath
 import numpy as np
+import tensorboardX
 
 METRICS_FILE = "metrics.jsonl"
-_FILE_VERSION = b"brain.Event:2"
-_SESSION_LOG_START = 1  # tensorflow.SessionLog.SessionStatus.START
-
-
-# ---------------------------------------------------------------------------
-# TFRecord framing with CRC32C.
-
-def _crc32c_table():
-  poly = 0x82F63B78  # Castagnoli polynomial, bit-reversed.
-  table = []
-  for byte in range(256):
-    crc = byte
-    for _ in range(8):
-      crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
-    table.append(crc)
-  return tuple(table)
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli) of `data`, as TFRecord files use it."""
-  crc = 0xFFFFFFFF
-  table = _CRC32C_TABLE
-  for byte in data:
-    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-  """The masked CRC stored in TFRecords (masking avoids CRCs of CRCs)."""
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord(data: bytes) -> bytes:
-  """Frames `data` as one TFRecord: length, CRC of length, data, CRC of data."""
-  length = struct.pack("<Q", len(data))
-  return (length + struct.pack("<I", masked_crc32c(length)) + data
-          + struct.pack("<I", masked_crc32c(data)))
-
-
-# ---------------------------------------------------------------------------
-# Protocol buffer encoding of tensorflow.Event (only the fields we write).
-
-def _varint(value: int) -> bytes:
-  value &= 0xFFFFFFFFFFFFFFFF  # int64 two's complement for negative values.
-  out = bytearray()
-  while True:
-    bits = value & 0x7F
-    value >>= 7
-    if value:
-      out.append(bits | 0x80)
-    else:
-      out.append(bits)
-      return bytes(out)
-
-
-def _field_bytes(number: int, payload: bytes) -> bytes:
-  """Length-delimited field (wire type 2): strings and sub-messages."""
-  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _summary_value(tag: str, value: float) -> bytes:
-  # Summary.Value: tag = 1 (string), simple_value = 2 (float, wire type 5).
-  return _field_bytes(1, tag.encode("utf-8")) + _varint(2 << 3 | 5) + struct.pack("<f", value)
-
-
-def _event(wall_time: float, step: int, *, file_version: Optional[bytes] = None,
-           scalars: Optional[Mapping[str, float]] = None,
-           session_log_status: Optional[int] = None) -> bytes:
-  """Encodes a tensorflow.Event message.
-
-  Event: wall_time = 1 (double), step = 2 (int64), file_version = 3 (string),
-  summary = 5 (Summary{value = 1 (repeated Value)}), session_log =
-  7 (SessionLog{status = 1 (enum)}); 6 is the deprecated log_message.
-  """
-  out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time)
-  out += _varint(2 << 3 | 0) + _varint(int(step))
-  if file_version is not None:
-    out += _field_bytes(3, file_version)
-  if scalars:
-    summary = b"".join(_field_bytes(1, _summary_value(tag, value))
-                       for tag, value in scalars.items())
-    out += _field_bytes(5, summary)
-  if session_log_status is not None:
-    out += _field_bytes(7, _varint(1 << 3 | 0) + _varint(session_log_status))
-  return out
 
 
 # ---------------------------------------------------------------------------
@@ -142,21 +51,17 @@ def write_json(path, obj: Any, *, indent: int = 2):
   Numpy/jax values become Python numbers or lists, non-finite floats become
   "nan"/"inf"/"-inf" strings, ConfigDicts their `to_dict()`.
   """
-  path = os.fspath(path)
-  directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(_json_value(obj), f, indent=indent)
-    f.write("\n")
-  os.replace(tmp, path)
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f"{path.name}.tmp{time.time_ns()}"
+  tmp.write_text(json.dumps(_json_value(obj), indent=indent) + "\n")
+  tmp.replace(path)
 
 
 def read_jsonl(path) -> list[dict]:
   """Reads a JSON-lines file, skipping a partially written last line."""
   records = []
-  with open(path) as f:
+  with epath.Path(path).open() as f:
     for line in f:
       try:
         records.append(json.loads(line))
@@ -167,10 +72,10 @@ def read_jsonl(path) -> list[dict]:
 
 def _truncate_jsonl(path, max_step: int):
   """Drops records with step > `max_step` (and broken lines), atomically."""
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     return
-  with open(path) as f:
-    lines = f.readlines()
+  lines = path.read_text().splitlines(keepends=True)
   kept = []
   for line in lines:
     try:
@@ -182,10 +87,9 @@ def _truncate_jsonl(path, max_step: int):
   if len(kept) != len(lines):
     logging.info("Resuming at step %d: dropping %d lines of %s.", max_step,
                  len(lines) - len(kept), path)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  tmp = path.parent / f"{path.name}.tmp{time.time_ns()}"
+  tmp.write_text("".join(kept))
+  tmp.replace(path)
 
 
 def _to_float(name: str, value) -> float:
@@ -196,51 +100,35 @@ def _to_float(name: str, value) -> float:
 
 
 class MetricWriter:
-  """Writes scalar metrics to `metrics.jsonl` and a TensorBoard event file.
+  """Writes scalar metrics to `metrics.jsonl` and TensorBoard; figures and text to TensorBoard.
 
   Args:
     workdir: directory of the run; created if missing.
     enabled: False on processes other than 0: then nothing is written at all.
     resume_step: when resuming from a checkpoint at this step, lines of
       `metrics.jsonl` with a larger step are dropped (they were logged after
-      that checkpoint and will be logged again), and the event file starts with
-      a SessionLog START at `resume_step + 1`, which tells TensorBoard to
-      discard the old events from that step on.
+      that checkpoint and will be logged again), and the new event file starts
+      with a SessionLog START at `resume_step + 1` (tensorboardX's
+      `purge_step`), which tells TensorBoard to discard the old events from
+      that step on.
   """
 
   def __init__(self, workdir, *, enabled: bool = True,
                resume_step: Optional[int] = None):
     self._enabled = enabled
-    self._jsonl = self._events = None
-    self.metrics_path = os.path.join(os.fspath(workdir), METRICS_FILE)
-    self.event_path = None
+    self._jsonl = self._tensorboard = None
+    self.metrics_path = epath.Path(workdir) / METRICS_FILE
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
+    self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
     if resume_step is not None:
       _truncate_jsonl(self.metrics_path, resume_step)
-    self._jsonl = open(self.metrics_path, "a")
-    self._events, self.event_path = self._open_event_file(os.fspath(workdir))
-    now = time.time()
-    first_step = 0 if resume_step is None else resume_step + 1
-    self._events.write(tfrecord(_event(now, first_step, file_version=_FILE_VERSION)))
-    if resume_step is not None:
-      self._events.write(tfrecord(
-          _event(now, first_step, session_log_status=_SESSION_LOG_START)))
-    self._events.flush()
-
-  @staticmethod
-  def _open_event_file(workdir):
-    base = os.path.join(
-        workdir, f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}")
-    path, suffix = base, 0
-    while True:
-      try:
-        # "x": two writers started in the same second must not share a file.
-        return open(path, "xb"), path
-      except FileExistsError:
-        suffix += 1
-        path = f"{base}.{suffix}"
+    self._jsonl = self.metrics_path.open("a")
+    # tensorboardX names files by the second and opens them with "wb": the
+    # suffix keeps two writers started in the same second apart.
+    self._tensorboard = tensorboardX.SummaryWriter(
+        logdir=str(workdir), purge_step=None if resume_step is None else resume_step + 1,
+        filename_suffix=f".{time.time_ns()}")
 
   def write(self, step: int, scalars: Mapping[str, Any], *, prefix: str = ""):
     """Logs `scalars` at `step`; tags and JSON keys are `prefix + name`.
@@ -256,20 +144,39 @@ class MetricWriter:
               for name, value in scalars.items()}
     record = {"step": int(step), **{k: _json_value(v) for k, v in values.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
-    self._events.write(tfrecord(_event(time.time(), int(step), scalars=values)))
+    wall_time = time.time()
+    for tag, value in values.items():
+      self._tensorboard.add_scalar(tag, value, int(step), walltime=wall_time)
     # Cheap at logging frequency, and a crash loses nothing already logged.
+    self.flush()
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]):
+    """Logs uint8 `[H, W, 3]` images (e.g. figures) to TensorBoard at `step`."""
+    if not self._enabled:
+      return
+    for tag, image in images.items():
+      self._tensorboard.add_image(tag, np.asarray(image, np.uint8), int(step),
+                                  dataformats="HWC")
+    self.flush()
+
+  def write_text(self, step: int, texts: Mapping[str, str]):
+    """Logs text (markdown) to TensorBoard's Text tab at `step`."""
+    if not self._enabled:
+      return
+    for tag, text in texts.items():
+      self._tensorboard.add_text(tag, text, int(step))
     self.flush()
 
   def flush(self):
     if self._enabled and self._jsonl is not None:
       self._jsonl.flush()
-      self._events.flush()
+      self._tensorboard.flush()
 
   def close(self):
     if self._jsonl is not None:
       self._jsonl.close()
-      self._events.close()
-      self._jsonl = self._events = None
+      self._tensorboard.close()
+      self._jsonl = self._tensorboard = None
     self._enabled = False
 
   def __enter__(self):

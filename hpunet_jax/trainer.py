@@ -28,8 +28,6 @@ from hpunet_jax.train import create_train_state, make_train_step
 CHECKPOINT_DIR = "checkpoints"
 FIGURE_DIR = "figures"
 CONFIG_FILE = "config.json"
-# Metrics shown on the progress line.
-PROGRESS_KEYS = ("loss", "rec_sum", "kl_sum", "lagmul")
 
 
 class NonFiniteError(FloatingPointError):
@@ -137,9 +135,18 @@ def eval_batches(config, split, num_examples=None):
                                      num_examples=num_examples)
 
 
+# `evaluation.scale_variants` name -> (file suffix, figure title).
+_FIGURE_VARIANTS = {"all scales free": ("", "all scales free"),
+                    "coarsest free": ("_coarsest_free", "only the coarsest scale free"),
+                    "finest free": ("_finest_free", "only the finest scale free")}
+
+
 def draw_figures(model, params, config, split, path_prefix, *, num_examples=None, rng=None,
-                 num_samples=16, indices=None, title=""):
+                 num_samples=16, indices=None, title="", writer=None, step=None):
   """Writes the sample figures (all scales free, coarsest only, finest only).
+
+  With a `writer` (`summary.MetricWriter`), the figures also go to TensorBoard
+  at `step`, tagged `figures/all_scales_free` etc.
 
   Returns the paths written and the arrays drawn (for `experiments.sample`).
   """
@@ -151,24 +158,21 @@ def draw_figures(model, params, config, split, path_prefix, *, num_examples=None
   first_grader = jax.nn.one_hot(jnp.asarray(masks[:, 0] > 0.5, jnp.int32), 2)
   recon = model.reconstruct(params, rng, images, first_grader, mean=True)
   recon = np.asarray(jnp.argmax(recon, -1) == 1)
-  num_scales = model.config.num_scales
-  variants = {"": False}
-  if num_scales > 1:
-    variants["_coarsest_free"] = tuple(i != 0 for i in range(num_scales))
-    variants["_finest_free"] = tuple(i != num_scales - 1 for i in range(num_scales))
   written, arrays = [], {"image": np.asarray(batch["image"]), "masks": masks,
                          "reconstruction": recon}
-  for suffix, mean in variants.items():
+  for name, mean in evaluation.scale_variants(model.config.num_scales).items():
+    suffix, which = _FIGURE_VARIANTS[name]
     logits = model.sample(params, jax.random.fold_in(rng, len(written)), images,
                           num_samples=num_samples, mean=mean)
     probs = np.asarray(jax.nn.softmax(logits, -1)[..., 1])          # [N, b, H, W]
     samples = probs > 0.5
     panels = [figures.example_panel(arrays["image"][i], masks[i], recon[i], samples[:, i],
                                     labels=(i == 0)) for i in range(images.shape[0])]
-    which = {"": "all scales free", "_coarsest_free": "only the coarsest scale free",
-             "_finest_free": "only the finest scale free"}[suffix]
     path = f"{path_prefix}{suffix}.png"
-    figures.save_figure(path, figures.figure(panels, title=f"{title}{which}"))
+    figure = figures.figure(panels, title=f"{title}{which}")
+    figures.save_figure(path, figure)
+    if writer is not None:
+      writer.write_images(step, {f"figures/{name.replace(' ', '_')}": figure})
     written.append(path)
     arrays[f"samples{suffix}"] = samples
     arrays[f"probabilities{suffix}"] = probs.astype(np.float16)
@@ -253,6 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
   writer = summary.MetricWriter(workdir, enabled=is_main,
                                 resume_step=start_step if start_step else None)
+  writer.write_text(start_step, {"config": f"```json\n{config.to_json_best_effort(indent=2)}\n```"})
   num_steps = config.train.num_steps
   progress = summary.Progress(num_steps, batch_size=config.train.batch_size,
                               start_step=start_step, print_fn=logging.info if not is_main
@@ -270,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_main:
       paths, _ = draw_figures(model, params, config, config.eval.split,
                               os.path.join(figure_dir, f"step_{step:07d}"),
-                              title=f"step {step}, {config.eval.split}: ")
+                              title=f"step {step}, {config.eval.split}: ", writer=writer, step=step)
       logging.info("Figures: %s", ", ".join(paths))
     return res
 
@@ -297,6 +302,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           pending = []
           if log_now:
             s, m = fetched[-1]
+            rate = progress.steps_per_second(s)  # since the first logged step: no compilation
+            if rate is not None:
+              m = {**m, "steps_per_s": rate, "images_per_s": rate * config.train.batch_size}
             writer.write(s, m)
             progress.update(s, {"loss": m["loss"], "rec_sum": m["rec_sum"],
                                 "kl_sum": m["kl_sum"],

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from PIL import Image
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from configs import synthetic
 from hpunet_jax import checkpoint, summary, trainer
@@ -57,7 +58,19 @@ def test_train_cli_writes_metrics_checkpoints_figures(trained):
     assert image.shape[2] == 3 and image.shape[0] > 100
   config = json.load(open(os.path.join(workdir, "config.json")))
   assert config["train"]["num_steps"] == 6
-  assert any(f.startswith("events.out.tfevents.") for f in os.listdir(workdir))
+  assert "steps_per_s" not in train_rows[0]  # the first logged step includes compilation
+  for row in train_rows[1:]:
+    assert row["steps_per_s"] > 0
+    assert row["images_per_s"] == pytest.approx(row["steps_per_s"] * config["train"]["batch_size"])
+  board = event_accumulator.EventAccumulator(
+      workdir, size_guidance={event_accumulator.IMAGES: 0, event_accumulator.TENSORS: 0}).Reload()
+  tags = board.Tags()
+  assert {"loss", "eval/ged_16", "eval/exact_ged"} <= set(tags["scalars"])
+  assert sorted(tags["images"]) == ["figures/all_scales_free", "figures/coarsest_free",
+                                    "figures/finest_free"]
+  assert [e.step for e in board.Images("figures/all_scales_free")] == [6]
+  (config_text,) = board.Tensors("config/text_summary")
+  assert b'"num_steps": 6' in config_text.tensor_proto.string_val[0]
   assert "ged_16" in proc.stdout and "exact GED" in proc.stdout     # the final table
   assert "img/s" in proc.stdout and "ETA" in proc.stdout            # progress lines
 
