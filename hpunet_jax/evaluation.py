@@ -11,10 +11,12 @@ scores are aggregated over the split with `metrics.aggregate`.
 Which samples each score uses (N = `num_samples`, default 100):
   - `ged_16`, `ged_50`, `ged_100`: the first 16 / 50 / 100 samples against all
     graders (sizes above N are skipped);
-  - `hm_iou_16`: the first 16 samples, graders tiled to 16 (skipped if
-    N < 16 or 16 is not a multiple of the number of graders);
+  - `hm_iou_16`: the first 16 samples, samples and graders tiled to their
+    least common multiple (skipped if N < 16);
   - `ncc` (S_NCC) and `diversity`: all N samples (PHiSeg scores S_NCC on the
-    same samples as its GED; more samples estimate its expectations better);
+    same samples as its GED; more samples estimate its expectations better).
+    S_NCC is NaN for an image whose maps are constant; the aggregate leaves
+    such images out and counts them in `ncc_num_nan`;
   - exact scores (where batches carry `candidates`): all N samples, and the
     floor for N samples, so `exact_ged_normalised` compares like with like;
   - `iou_rec`: the posterior-mean reconstruction from each grader in turn
@@ -23,7 +25,6 @@ Which samples each score uses (N = `num_samples`, default 100):
 import math
 from typing import Any, Iterable, Mapping, Optional
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +37,8 @@ HM_IOU_SIZE = 16
 SUBSET_B_KEYS = tuple(f"ged_{n}" for n in GED_SIZES) + (f"hm_iou_{HM_IOU_SIZE}",)
 EXACT_KEYS = ("exact_ged", "exact_ged_floor", "exact_ged_single_guess", "exact_ged_normalised",
               "match_rate", "tvd")
+# Scores that are undefined (NaN) for some images; `<key>_num_nan` counts them.
+NAN_KEYS = ("ncc", "exact_ged_normalised")
 _ORDER = tuple(f"ged_{n}" for n in GED_SIZES) + (
     f"hm_iou_{HM_IOU_SIZE}", "iou_rec", "ncc", "diversity") + EXACT_KEYS
 
@@ -57,7 +60,7 @@ def _device_fn(model, num_samples):
     num_classes = logits.shape[-1]
     # Per image, samples first: [b, N, H, W].
     samples = jnp.moveaxis(jnp.argmax(logits, -1) == 1, 0, 1)
-    sample_probs = jnp.moveaxis(jax.nn.softmax(logits, -1)[..., 1], 0, 1)
+    sample_probs = jnp.moveaxis(jax.nn.softmax(logits, -1), 0, 1)  # [b, N, H, W, C]
     del logits
     graders = jnp.moveaxis(masks, -1, 1) > 0.5  # [b, M, H, W]
     batch, num_graders, height, width = graders.shape
@@ -139,13 +142,13 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
     out = jax.device_get(device_fn(params, jax.random.fold_in(rng, index), images, masks,
                                    candidates))
     out = {k: np.asarray(v, np.float64) for k, v in out.items()}
-    batch_size, num_graders = images.shape[0], masks.shape[-1]
+    batch_size = images.shape[0]
 
     for n in GED_SIZES:
       if n <= num_samples:
         add(f"ged_{n}", metrics.ged_from_iou(out["iou_sy"][:, :n], out["iou_ss"][:, :n, :n],
                                              out["iou_yy"]))
-    if HM_IOU_SIZE <= num_samples and HM_IOU_SIZE % num_graders == 0:
+    if HM_IOU_SIZE <= num_samples:
       add(f"hm_iou_{HM_IOU_SIZE}", [metrics.hungarian_matched_iou_from_iou(m[:HM_IOU_SIZE])
                                     for m in out["iou_sy"]])
     add("iou_rec", out["iou_rec"])
@@ -174,9 +177,6 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
     raise ValueError("evaluation saw no images")
   result = {k: np.concatenate(v) for k, v in scores.items()}
   result["subset_b"] = np.concatenate(subset)
-  if f"hm_iou_{HM_IOU_SIZE}" not in result and HM_IOU_SIZE <= num_samples:
-    logging.warning("hm_iou_%d skipped: %d is not a multiple of the number of graders",
-                    HM_IOU_SIZE, HM_IOU_SIZE)
   return result
 
 
@@ -195,8 +195,10 @@ def summarise(scores: Mapping[str, np.ndarray], *, num_bootstrap: int = 1000,
     if key not in scores:
       continue
     values = np.asarray(scores[key], np.float64)
-    finite = np.isfinite(values)
-    put(key, metrics.aggregate(values[finite], num_bootstrap=num_bootstrap, seed=seed))
+    stats = metrics.aggregate(values, num_bootstrap=num_bootstrap, seed=seed)
+    put(key, stats)
+    if key in NAN_KEYS:
+      results[f"{key}_num_nan"] = stats["num_nan"]
     if key in SUBSET_B_KEYS:
       put(f"{key}_subset_b", metrics.aggregate(values, subset=subset, num_bootstrap=num_bootstrap,
                                                seed=seed))
@@ -222,8 +224,10 @@ def evaluate(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
     `exact_ged_normalised`, `match_rate`, `tvd`: `<key>` (mean over images),
     `<key>_std`, `<key>_ci` ([low, high], percentile bootstrap 95%). For the
     GED and HM-IoU scores also `<key>_subset_b`, `<key>_subset_b_std`,
-    `<key>_subset_b_ci`. Plus `num_images`, `num_images_subset_b` and, with
-    candidates, `num_images_exact`.
+    `<key>_subset_b_ci`. For `ncc` and `exact_ged_normalised` also
+    `<key>_num_nan`, the images where it is undefined (left out of the mean).
+    Plus `num_images`, `num_images_subset_b` and, with candidates,
+    `num_images_exact`.
   """
   scores = per_image_scores(model, params, batches, rng=rng, num_samples=num_samples,
                             num_examples=num_examples)
@@ -257,6 +261,10 @@ def format_table(results: Mapping[str, Any]) -> str:
   lines = [line(rows[0]), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
   lines.append(f"images: {results.get('num_images', 0)}, subset B: "
                f"{results.get('num_images_subset_b', 0)}")
+  for key in NAN_KEYS:
+    if results.get(f"{key}_num_nan"):
+      lines.append(f"{key}: undefined for {results[f'{key}_num_nan']} images (constant maps), "
+                   f"left out of its mean")
   if "exact_ged" in results:
     lines += [
         "",

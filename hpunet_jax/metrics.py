@@ -21,14 +21,18 @@ that were already computed (the evaluation driver computes every matrix once
 on the device and derives all scores from them).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-# Cross-entropy and NCC guards; see `ncc`.
+# PHiSeg's cross-entropy guard, `log(p + 1e-8)`; see `ncc`.
 _LOG_EPSILON = 1e-8
-_NCC_EPSILON = 1e-12
+# A map whose spread is below this fraction of its magnitude is constant up to
+# float32 rounding: its correlation is undefined (NaN), as in PHiSeg.
+_NCC_RELATIVE_TOLERANCE = 1e-5
 
 
 def _as_float_masks(masks) -> jax.Array:
@@ -162,48 +166,57 @@ def reconstruction_iou(reconstructions, graders) -> jax.Array:
 
 
 def _normalised_cross_correlation(a, b):
-  """NCC over the last axis; 0 where either input is constant."""
-  a = a - a.mean(-1, keepdims=True)
-  b = b - b.mean(-1, keepdims=True)
-  covariance = (a * b).mean(-1)
-  scale = jnp.sqrt((a * a).mean(-1) * (b * b).mean(-1))
-  # A constant map (e.g. all samples agree with certainty) has no variation to
-  # correlate: PHiSeg's code divides by zero there; we return 0 instead.
-  return jnp.where(scale > _NCC_EPSILON, covariance / jnp.maximum(scale, _NCC_EPSILON), 0.0)
+  """NCC over the last axis; NaN where either input is constant (PHiSeg divides by 0 there)."""
+
+  def centred(x):
+    # Centred on the first element before the mean, so an exactly constant map
+    # gives exact zeros rather than rounding noise.
+    x = x - x[..., :1]
+    return x - x.mean(-1, keepdims=True)
+
+  def constant(x, centred_x):
+    magnitude = jnp.abs(x).max(-1)
+    return jnp.sqrt((centred_x * centred_x).mean(-1)) <= _NCC_RELATIVE_TOLERANCE * magnitude
+
+  ca, cb = centred(a), centred(b)
+  covariance = (ca * cb).mean(-1)
+  scale = jnp.sqrt((ca * ca).mean(-1) * (cb * cb).mean(-1))
+  undefined = constant(a, ca) | constant(b, cb)
+  return jnp.where(undefined, jnp.nan, covariance / jnp.where(undefined, 1.0, scale))
 
 
 @jax.jit
 def ncc(sample_probs, graders) -> jax.Array:
   """S_NCC: correlation of the model's uncertainty map with its errors.
 
-  Follows PHiSeg's `variance_ncc_dist`: with `CE(t, s) = -sum_c t_c log(max(s_c,
-  1e-8))` over both classes, per pixel
+  PHiSeg's `variance_ncc_dist`: with `CE(t, s) = -sum_c t_c log(s_c + 1e-8)`
+  over the classes (the softmax channels of a sample `s`, the one-hot grader
+  `y`), per pixel
     `gamma = E_s[CE(s_bar, s)]` (s_bar: mean of the sample probabilities) and
     `e_y = E_s[CE(y, s)]` for each grader `y`;
   `S_NCC = mean_y NCC(gamma, e_y)` with `NCC(a, b) = mean((a - mean a)(b -
-  mean b)) / (std a std b)` over the pixels. Where `std a * std b <= 1e-12`
-  (a constant map, where NCC is undefined) that grader's NCC is 0.
+  mean b)) / (std a std b)` over the pixels. Where a map is constant (its std
+  within float32 rounding of 0, e.g. all samples binary and identical) NCC is
+  undefined and the result is NaN, as PHiSeg's division by zero gives;
+  `aggregate` drops such images and counts them.
 
   Args:
-    sample_probs: foreground probabilities `[..., N, H, W]` of N samples
-      (softmax of class 1).
-    graders: binary masks `[..., M, H, W]`.
+    sample_probs: class probabilities `[..., N, H, W, C]` of N samples (the
+      softmax of the logits; class 1 is foreground).
+    graders: binary masks `[..., M, H, W]` (foreground = class 1).
 
   Returns:
-    `[...]` S_NCC.
+    `[...]` S_NCC (NaN where undefined).
   """
   probs = jnp.asarray(sample_probs, jnp.float32)
-  graders = _as_float_masks(graders)
-  # CE is linear in its target, so E_s[CE(t, s)] only needs the sample means of
-  # log s and log(1 - s): no [M, N, H, W] array.
-  # log(max(p, eps)) rather than PHiSeg's log(p + eps): under jit XLA may
-  # reassociate `1 - p + eps` into `(1 + eps) - p`, which is 0 in float32 for
-  # a saturated p = 1, and log(0) turned every S_NCC into 0.
-  mean_log_fg = jnp.log(jnp.maximum(probs, _LOG_EPSILON)).mean(-3, keepdims=True)  # [..., 1, H, W]
-  mean_log_bg = jnp.log(jnp.maximum(1.0 - probs, _LOG_EPSILON)).mean(-3, keepdims=True)
-  expected_ce = lambda t: -(t * mean_log_fg + (1.0 - t) * mean_log_bg)
-  gamma = expected_ce(probs.mean(-3, keepdims=True))  # [..., 1, H, W]
-  grader_ce = expected_ce(graders)  # [..., M, H, W]
+  num_classes = probs.shape[-1]
+  targets = jax.nn.one_hot(_as_float_masks(graders).astype(jnp.int32), num_classes)
+  # CE is linear in its target, so E_s[CE(t, s)] only needs the sample mean of
+  # log(s + eps): no [M, N, H, W] array.
+  mean_log = jnp.log(probs + _LOG_EPSILON).mean(-4, keepdims=True)  # [..., 1, H, W, C]
+  expected_ce = lambda t: -(t * mean_log).sum(-1)
+  gamma = expected_ce(probs.mean(-4, keepdims=True))  # [..., 1, H, W]
+  grader_ce = expected_ce(targets)  # [..., M, H, W]
   flat = lambda x: x.reshape(x.shape[:-2] + (-1,))
   per_grader = _normalised_cross_correlation(flat(gamma), flat(grader_ce))
   return per_grader.mean(-1)
@@ -217,10 +230,11 @@ def hungarian_matched_iou_from_iou(iou_sy) -> float:
   """HM-IoU from a `[N, M]` sample-grader IoU matrix; see `hungarian_matched_iou`."""
   iou_sy = np.asarray(iou_sy, np.float64)
   num_samples, num_graders = iou_sy.shape
-  if num_graders == 0 or num_samples % num_graders:
-    raise ValueError(f"hungarian_matched_iou needs the number of samples ({num_samples}) to "
-                     f"be a multiple of the number of graders ({num_graders})")
-  tiled = np.tile(iou_sy, (1, num_samples // num_graders))  # [N, N]
+  if num_samples == 0 or num_graders == 0:
+    raise ValueError(f"hungarian_matched_iou needs samples and graders, got {num_samples} "
+                     f"samples and {num_graders} graders")
+  size = math.lcm(num_samples, num_graders)
+  tiled = np.tile(iou_sy, (size // num_samples, size // num_graders))  # [L, L]
   rows, cols = scipy.optimize.linear_sum_assignment(1.0 - tiled)
   return float(tiled[rows, cols].mean())
 
@@ -228,19 +242,17 @@ def hungarian_matched_iou_from_iou(iou_sy) -> float:
 def hungarian_matched_iou(samples, graders) -> float:
   """Hungarian-matched IoU (HM-IoU).
 
-  The graders are repeated `N / M` times so that every sample gets one;
-  `scipy.optimize.linear_sum_assignment` pairs them at minimal total `1 - IoU`;
-  the result is the mean IoU of the matched pairs.
+  As CCDM's code: samples and graders are both tiled to their least common
+  multiple `L = lcm(N, M)` (for 16 samples and 4 graders: the graders 4x, as
+  the HPU-Net paper); `scipy.optimize.linear_sum_assignment` pairs them at
+  minimal total `1 - IoU`; the result is the mean IoU of the `L` matched pairs.
 
   Args:
     samples: binary masks `[N, H, W]`.
-    graders: binary masks `[M, H, W]`; `N` must be a multiple of `M`.
+    graders: binary masks `[M, H, W]`.
 
   Returns:
     HM-IoU in [0, 1].
-
-  Raises:
-    ValueError: if `N` is not a multiple of `M`.
   """
   return hungarian_matched_iou_from_iou(pairwise_iou(samples, graders))
 
@@ -265,6 +277,9 @@ def subset_b(graders_batch) -> np.ndarray:
 def aggregate(values, *, subset=None, num_bootstrap=1000, seed=0) -> dict:
   """Mean, spread and percentile-bootstrap 95% interval of per-example scores.
 
+  NaN scores (undefined for that example, e.g. S_NCC of constant maps) are
+  dropped and counted, as the SSN code's `nanmean` does.
+
   Args:
     values: `[n]` one score per example.
     subset: optional bool `[n]`; only those examples are aggregated.
@@ -274,7 +289,8 @@ def aggregate(values, *, subset=None, num_bootstrap=1000, seed=0) -> dict:
   Returns:
     dict with `mean`, `std` (population std over examples, as PHiSeg's
     evaluation reports it), `ci_low`, `ci_high` (2.5th and 97.5th percentiles
-    of the resampled means) and `n`. NaNs where there are no examples.
+    of the resampled means), `n` (examples aggregated) and `num_nan` (NaN
+    scores dropped). NaNs where no example is left.
   """
   values = np.asarray(values, np.float64).reshape(-1)
   if subset is not None:
@@ -282,10 +298,12 @@ def aggregate(values, *, subset=None, num_bootstrap=1000, seed=0) -> dict:
     if subset.shape != values.shape:
       raise ValueError(f"subset has shape {subset.shape}, values {values.shape}")
     values = values[subset]
+  num_nan = int(np.isnan(values).sum())
+  values = values[~np.isnan(values)]
   n = values.size
   if n == 0:
     return dict(mean=float("nan"), std=float("nan"), ci_low=float("nan"),
-                ci_high=float("nan"), n=0)
+                ci_high=float("nan"), n=0, num_nan=num_nan)
   ci_low = ci_high = float("nan")
   if num_bootstrap > 0:
     rng = np.random.default_rng(seed)
@@ -297,7 +315,7 @@ def aggregate(values, *, subset=None, num_bootstrap=1000, seed=0) -> dict:
       means[start:stop] = values[rng.integers(0, n, (stop - start, n))].mean(-1)
     ci_low, ci_high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
   return dict(mean=float(values.mean()), std=float(values.std()), ci_low=ci_low,
-              ci_high=ci_high, n=int(n))
+              ci_high=ci_high, n=int(n), num_nan=num_nan)
 
 
 # ----------------------------------------------------------------------------

@@ -124,6 +124,20 @@ def test_single_guess_sampler_and_lidc_scores():
   assert results["ged_100"] == pytest.approx(np.mean(geds), abs=1e-5)
   assert results["hm_iou_16"] == pytest.approx(np.mean(hms), abs=1e-5)
   assert results["ged_16_subset_b"] == pytest.approx(np.mean(geds[1:]), abs=1e-5)
+  # Identical samples of the same confidence everywhere: the uncertainty map is
+  # constant, S_NCC undefined for every image, left out and counted.
+  assert results["ncc_num_nan"] == results["num_images"] and np.isnan(results["ncc"])
+  assert f"ncc: undefined for {results['num_images']} images" in evaluation.format_table(results)
+
+
+def test_hm_iou_with_graders_that_do_not_divide_the_samples():
+  batches = [{**b, "masks": b["masks"][..., :3]} for b in _batches(num_batches=1)]
+  results = evaluation.evaluate(StubModel(always_best=True), PARAMS, batches,
+                                rng=jax.random.PRNGKey(1), num_samples=16, num_bootstrap=0)
+  best = np.repeat(CANDIDATES[:1], 16, 0)
+  hms = [metrics.hungarian_matched_iou(best, masks)
+         for masks in np.moveaxis(batches[0]["masks"], -1, 1)]
+  assert results["hm_iou_16"] == pytest.approx(np.mean(hms), abs=1e-5)
 
 
 def test_sizes_skipped_and_num_examples():

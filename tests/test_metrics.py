@@ -134,8 +134,32 @@ def test_hm_iou_hand_cases():
   assert hm == pytest.approx(0.75)
   assert metrics.hungarian_matched_iou(np.stack([empty, empty]), empty[None]) == 1.0
   assert metrics.hungarian_matched_iou(np.stack([empty, empty]), a[None]) == 0.0
-  with pytest.raises(ValueError, match="multiple"):
-    metrics.hungarian_matched_iou(np.stack([a, b, a]), np.stack([a, b]))
+  # 3 samples, 2 graders: both tiled to 6 = lcm(3, 2) (as CCDM). Samples (a, b, a) x 2 hold
+  # four a and two b, graders (a, b) x 3 three of each: a-a x3, b-b x2 and one a-b (IoU 1/4).
+  assert metrics.hungarian_matched_iou(np.stack([a, b, a]), np.stack([a, b])) == (
+      pytest.approx((5 + 0.25) / 6))
+  # With b replaced by empty: a-a x3, a-b once, empty-b x2 (IoU 0).
+  assert metrics.hungarian_matched_iou(np.stack([a, empty, a]), np.stack([a, b])) == (
+      pytest.approx((3 + 0.25) / 6))
+  with pytest.raises(ValueError, match="needs samples and graders"):
+    metrics.hungarian_matched_iou_from_iou(np.zeros((0, 2)))
+
+
+def _ccdm_hm_iou(samples, graders):
+  """CCDM's tiling: both sets to their least common multiple, then Hungarian matching."""
+  size = np.lcm(len(samples), len(graders))
+  samples = np.tile(samples, (size // len(samples), 1, 1))
+  graders = np.tile(graders, (size // len(graders), 1, 1))
+  iou = np.asarray(metrics.pairwise_iou(samples, graders), np.float64)
+  return _brute_hm_iou(samples, graders) if size <= 6 else None, iou
+
+
+def test_hm_iou_any_sample_count_matches_lcm_tiling():
+  rng = np.random.default_rng(5)
+  for n, m in ((3, 2), (2, 3), (5, 1), (3, 3)):
+    samples, graders = _random_masks(rng, n, p=0.5), _random_masks(rng, m, p=0.5)
+    brute, _ = _ccdm_hm_iou(samples, graders)
+    assert metrics.hungarian_matched_iou(samples, graders) == pytest.approx(brute, abs=1e-6)
 
 
 def test_hm_iou_properties_and_brute_force():
@@ -153,37 +177,65 @@ def test_hm_iou_properties_and_brute_force():
 # --- S_NCC -------------------------------------------------------------------
 
 
-def _phiseg_ncc(probs, graders):
-  """Direct transcription of the definition, two classes, loops over graders."""
-  eps = 1e-8
-  sm = np.stack([1 - probs, probs], -1)  # [N, H, W, 2]
-  gt = np.stack([1 - graders, graders], -1)  # [M, H, W, 2]
-  mean_seg = sm.mean(0)
-  e_ss = np.mean([-(mean_seg * np.log(s + eps)).sum(-1) for s in sm], 0)
-  out = []
-  for y in gt:
-    e_sy = np.mean([-(y * np.log(s + eps)).sum(-1) for s in sm], 0)
-    a, v = e_ss.ravel(), e_sy.ravel()
-    out.append(np.mean((a - a.mean()) * (v - v.mean())) / (a.std() * v.std()))
-  return np.mean(out)
+def _phiseg_variance_ncc_dist(sample_arr, gt_arr):
+  """A numpy port of PHiSeg's `utils.variance_ncc_dist` (float64, loops as there).
+
+  sample_arr: softmax outputs `[N, H, W, C]`; gt_arr: one-hot graders `[M, H, W, C]`.
+  """
+
+  def pixel_wise_xent(m_samp, m_gt, eps=1e-8):
+    return -1.0 * np.sum(m_gt * np.log(m_samp + eps), axis=-1)
+
+  def ncc(a, v):
+    a, v = a.flatten(), v.flatten()
+    a = (a - np.mean(a)) / (np.std(a) * len(a))
+    v = (v - np.mean(v)) / np.std(v)
+    return np.correlate(a, v)
+
+  mean_seg = np.mean(sample_arr, axis=0)
+  e_ss = np.mean([pixel_wise_xent(s, mean_seg) for s in sample_arr], axis=0)
+  e_sy = [np.mean([pixel_wise_xent(s, y) for s in sample_arr], axis=0) for y in gt_arr]
+  return float(np.mean([ncc(e_ss, e) for e in e_sy]))
 
 
-def test_ncc_matches_definition():
+def _softmax(logits):
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def test_ncc_matches_phiseg_on_random_inputs():
   rng = np.random.default_rng(3)
-  probs = rng.random((5, 8, 8))
-  graders = (rng.random((3, 8, 8)) < 0.4).astype(np.float64)
-  value = float(metrics.ncc(probs, graders))
-  assert value == pytest.approx(_phiseg_ncc(probs, graders), abs=1e-4)
-  assert -1.0 <= value <= 1.0
+  for trial in range(5):
+    logits = rng.normal(0, 3, (8, 16, 16, 2))
+    probs = _softmax(logits)
+    graders = rng.random((4, 16, 16)) < 0.4
+    expected = _phiseg_variance_ncc_dist(probs, np.eye(2)[graders.astype(int)])
+    value = float(metrics.ncc(probs, graders))
+    assert value == pytest.approx(expected, abs=1e-6), trial
   batched = metrics.ncc(np.stack([probs, probs[::-1]]), np.stack([graders, graders]))
-  np.testing.assert_allclose(batched, [value, value], atol=1e-5)  # sample order irrelevant
+  np.testing.assert_allclose(batched, [value, value], atol=1e-6)  # sample order irrelevant
 
 
-def test_ncc_constant_maps_give_zero():
-  # All samples certain and equal: the uncertainty map is constant -> 0, not NaN.
+def test_ncc_is_nan_where_phiseg_divides_by_zero():
   a, empty = _masks([0, 1], [])
-  assert float(metrics.ncc(np.stack([a, a]), np.stack([a, empty]))) == 0.0
-  assert float(metrics.ncc(np.stack([empty, empty]), np.stack([empty]))) == 0.0
+  binary = lambda masks: np.eye(2)[np.asarray(masks, int)]   # probabilities exactly 0 / 1
+  # All samples certain and equal: the uncertainty map is constant.
+  for samples, graders in (([a, a], [a, empty]), ([empty, empty], [empty])):
+    with np.errstate(divide="ignore", invalid="ignore"):
+      assert np.isnan(_phiseg_variance_ncc_dist(binary(samples), binary(graders)))
+    assert np.isnan(float(metrics.ncc(binary(samples), np.stack(graders))))
+
+
+def test_ncc_of_identical_confident_samples_is_not_rounding_noise():
+  """16 identical samples with |logit| 10-20: the old 1 - p_fg form correlated rounding noise."""
+  rng = np.random.default_rng(0)
+  margin = rng.uniform(10, 20, (16, 16)) * rng.choice([-1, 1], (16, 16))
+  logits = np.broadcast_to(np.stack([np.zeros_like(margin), margin], -1), (16, 16, 16, 2))
+  probs = _softmax(logits)
+  graders = np.stack([margin > 0, margin > 0, ~(margin > 0), margin > 3])
+  expected = _phiseg_variance_ncc_dist(probs, np.eye(2)[graders.astype(int)])
+  value = float(metrics.ncc(probs.astype(np.float32), graders))
+  assert value == pytest.approx(expected, abs=1e-3)
 
 
 # --- Aggregation ---------------------------------------------------------------
@@ -202,6 +254,13 @@ def test_aggregate_and_subset_b():
   assert const["ci_low"] == const["ci_high"] == 0.5
   none = metrics.aggregate(values, subset=np.zeros(4, bool))
   assert none["n"] == 0 and np.isnan(none["mean"])
+  assert stats["num_nan"] == 0
+  # NaN scores (undefined for that example) are dropped and counted.
+  with_nan = metrics.aggregate(np.array([0.1, np.nan, 0.3, np.nan]))
+  assert (with_nan["n"], with_nan["num_nan"]) == (2, 2)
+  assert with_nan["mean"] == pytest.approx(0.2) and np.isfinite(with_nan["ci_low"])
+  only_nan = metrics.aggregate(np.array([np.nan]))
+  assert (only_nan["n"], only_nan["num_nan"]) == (0, 1) and np.isnan(only_nan["mean"])
 
   a, empty = _masks([0], [])
   graders = np.stack([np.stack([a, a]), np.stack([a, empty]), np.stack([empty, empty])])
@@ -314,9 +373,12 @@ def test_disc_toy_reference_numbers():
 
 def test_ncc_with_saturated_probabilities_under_jit():
   """Probabilities of exactly 0 and 1 (confident samples) must not zero S_NCC."""
-  probs = np.zeros((10, 16, 16), np.float32)
-  probs[:5, 4:8, 4:8] = 1.0
+  fg = np.zeros((10, 16, 16), np.float32)
+  fg[:5, 4:8, 4:8] = 1.0
+  probs = np.stack([1 - fg, fg], -1)
   graders = np.zeros((2, 16, 16), bool)
   graders[:, 4:8, 4:9] = True
   value = float(metrics.ncc(probs, graders))
   assert 0.5 < value <= 1.0
+  assert value == pytest.approx(_phiseg_variance_ncc_dist(probs, np.eye(2)[graders.astype(int)]),
+                                abs=1e-6)
