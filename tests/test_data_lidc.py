@@ -312,3 +312,14 @@ def test_one_bit_masks_build_a_dataset(tmp_path):
   assert Image.open(path).mode == "1"
   test = build(tmp_path / "data", tree, config="custom").as_data_source(split="test")
   np.testing.assert_array_equal(test[0]["masks"][..., 2], mask_pixels((12, 10), 2) > 0)
+
+
+def test_plain_tfds_calls_build_and_read_array_record(tmp_path):
+  """`tfds.builder` / `tfds.data_source` without file_format write and read array_record."""
+  tree = write_tree(tmp_path / "manual", size=(12, 10))
+  builder = tfds.builder("lidc_crops/custom", data_dir=tmp_path / "data")
+  assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(tree)))
+  test = tfds.data_source("lidc_crops/custom", data_dir=tmp_path / "data", split="test")
+  np.testing.assert_array_equal(test[0]["image"][..., 0], image_pixels((12, 10), 0))

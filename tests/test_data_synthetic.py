@@ -111,3 +111,15 @@ def test_builder_stores_the_generated_examples(tmp_path):
   other = _build(tmp_path, seed=1)
   assert (_fingerprints(other.as_data_source(split="train"))
           != _fingerprints(builder.as_data_source(split="train")))
+
+
+def test_plain_tfds_calls_build_and_read_array_record(tmp_path):
+  """`tfds.builder` / `tfds.data_source` as the tfds docs teach: no file_format, no TensorFlow."""
+  builder = tfds.builder("synthetic_multiscale/small", data_dir=tmp_path)
+  assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  builder.download_and_prepare()
+  assert list(tmp_path.glob("synthetic_multiscale/small/*/*.array_record-*"))
+  test = tfds.data_source("synthetic_multiscale/small", data_dir=tmp_path, split="test")
+  definition = synthetic.MultiscaleDefinition.for_image_size(32)
+  expected = [synthetic.generate_example(definition, 0, "test", i) for i in range(32)]
+  assert _fingerprints(test) == _fingerprints(expected)

@@ -215,6 +215,12 @@ class SyntheticMultiscale(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "default"
 
+  def __init__(self, *, file_format=None, **kwargs):
+    # tfds defaults to TFRecord, which needs TensorFlow to write and read; the
+    # default here is array_record, so plain `tfds.builder(...)` and
+    # `tfds.data_source(...)` work without TensorFlow.
+    super().__init__(file_format=file_format or "array_record", **kwargs)
+
   @tfds.core.utils.classproperty
   @classmethod
   def code_path(cls):
