@@ -26,14 +26,6 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch_size, mesh, field="train.batch_size"):
-  """Raises a ValueError naming `field` if the batch does not split evenly."""
-  devices, processes = mesh.devices.size, jax.process_count()
-  if global_batch_size <= 0 or global_batch_size % devices:
-    raise ValueError(f"{field}={global_batch_size} must be a positive multiple of the "
-                     f"number of devices ({devices} over {processes} process(es))")
-
-
 def global_batch(local_batch, mesh):
   """Assembles each process's local batch `[B / num_processes, ...]` into a global sharded array."""
   sharding = batch_sharding(mesh)

@@ -68,14 +68,16 @@ def create_train_state(config, rng, example_batch, *, mesh=None) -> TrainState:
   """Initialises the train state, replicated over the mesh.
 
   Args:
-    config: the experiment `ConfigDict` (groups model, loss, optim, train, ...).
+    config: the experiment `ConfigDict` (groups model, loss, optim, train, ...),
+      checked once by `config_lib.validate` before (as the trainer does); only
+      the model group is turned into its typed, self-checking config here.
     rng: a JAX key (or an int seed).
     example_batch: a batch dict (only the shapes of `image` and
       `segmentation` past the batch axis are used; with augmentation on, the
       pipeline's uncropped examples or the model's crops alike).
     mesh: defaults to `parallel.make_mesh()` over all devices.
   """
-  model_cfg = config_lib.validate(config)
+  model_cfg = config_lib.model_config(config)
   model = make_model(model_cfg)
   mesh = mesh or parallel.make_mesh()
   optimizer, _ = make_optimizer(config.optim)
@@ -123,9 +125,10 @@ def make_train_step(config, *, mesh=None):
   axis over the `('data',)` mesh of all devices of all processes. The batch
   may be given as a dict of global `jax.Array`s or, per process, as numpy
   arrays holding that process's contiguous slice of the global batch (they
-  are assembled with `jax.make_array_from_process_local_data`).
+  are assembled with `jax.make_array_from_process_local_data`). Check the
+  config once with `config_lib.validate` first (as the trainer does).
   """
-  model_cfg = config_lib.validate(config)
+  model_cfg = config_lib.model_config(config)
   mesh = mesh or parallel.make_mesh()
   # Only these groups enter the traced step; a cache keyed on them lets
   # repeated calls (resumed runs in one process, tests, notebooks) share one

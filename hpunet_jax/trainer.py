@@ -34,13 +34,6 @@ class NonFiniteError(FloatingPointError):
   """A loss or gradient became NaN or Inf."""
 
 
-def validate(config, *, num_devices=None):
-  """Checks every group of the config; returns the `HPUNetConfig`."""
-  model_cfg = config_lib.validate(config, num_devices=num_devices)
-  pipeline.validate_config(config.data)
-  return model_cfg
-
-
 def _local_copy(tree):
   """This process's replica of a replicated global pytree, on one local device."""
   return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
@@ -218,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run stopped early on SIGTERM.
   """
   mesh = parallel.make_mesh()
-  model_cfg = validate(config, num_devices=mesh.devices.size)
+  model_cfg = config_lib.validate(config, num_devices=mesh.devices.size)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   _check_config_matches(workdir, config)
@@ -374,7 +367,7 @@ def restore_params(workdir, config=None, *, step=None):
       raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
     with open(path) as f:
       config = config_from_json(json.load(f))
-  validate(config)
+  config_lib.validate(config)
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
   try:
     step = step if step is not None else checkpointer.latest_step()
