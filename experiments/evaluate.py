@@ -1,51 +1,48 @@
 """Evaluates the latest checkpoint in --workdir and writes DIR/evaluation.json.
 
-    python -m experiments.evaluate --config=configs/synthetic.py --workdir=runs/synthetic \
-        [--split=test] [--num_samples=100] [--num_examples=N]
+    python -m experiments.evaluate --workdir=runs/synthetic \
+        [--config.eval.split=test] [--config.eval.num_samples=100] [--config.eval.num_examples=N]
+
+Uses the run's `config.json` (its `eval` group: split, samples per image,
+number of images, batch size) unless `--config=FILE` is given; any field can
+be overridden with `--config.<group>.<field>=value` (see
+`experiments/run_flags.py`). Prints progress lines while it runs, then one
+table.
 """
-import os
-
-from absl import app, flags
+from absl import app
+from etils import epath
 import jax
-from ml_collections import config_flags
 
+from experiments import run_flags
 from hpunet_jax import evaluation, summary, trainer
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The config the run was trained with (e.g. configs/synthetic.py).",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
-_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate: train, validation or test.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "Samples per image (>= 100 for GED100).",
-                                    lower_bound=1)
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", None, "Only the first N images of the split "
-                                     "(default: all).",
-                                     lower_bound=1)
-flags.mark_flags_as_required(["config", "workdir"])
+EVALUATION_FILE = "evaluation.json"
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   trainer.quiet_library_logs()
-  config, model, params, step = trainer.restore_params(_WORKDIR.value, _CONFIG.value)
-  config.eval.num_examples = _NUM_EXAMPLES.value   # None: the whole split
-  results = trainer.run_evaluation(model, params, config, _SPLIT.value,
-                                   num_samples=_NUM_SAMPLES.value,
-                                   num_examples=_NUM_EXAMPLES.value)
-  results.update(step=step, split=_SPLIT.value, num_samples=_NUM_SAMPLES.value)
+  workdir = run_flags.WORKDIR.value
+  config = run_flags.config()
+  config, model, params, step = trainer.restore_params(workdir, config)
+  split, num_samples = config.eval.split, config.eval.num_samples
+  num_examples = config.eval.num_examples   # None: the whole split
+  results = trainer.run_evaluation(model, params, config, split, print_fn=print)
+  results.update(step=step, split=split, num_samples=num_samples)
   factors = None
   if "exact_ged" in results and model.config.num_scales > 1:
     # Which factor of the known distribution each latent scale carries.
+    progress = trainer.evaluation_progress(config, split, num_examples, print_fn=print)
     factors = evaluation.factor_statistics(
-        model, params, trainer.eval_batches(config, _SPLIT.value, _NUM_EXAMPLES.value),
-        rng=jax.random.key(config.train.seed + 2), num_samples=_NUM_SAMPLES.value,
-        num_examples=_NUM_EXAMPLES.value)
+        model, params, trainer.eval_batches(config, split, num_examples),
+        rng=jax.random.key(config.train.seed + 2), num_samples=num_samples,
+        num_examples=num_examples, on_batch=progress.update)
     results["scales"] = factors
-  path = os.path.join(_WORKDIR.value, "evaluation.json")
+  path = epath.Path(workdir) / EVALUATION_FILE
   summary.write_json(path, results)
-  print(f"{config.data.name} {_SPLIT.value}, checkpoint step {step}, "
-        f"{results['num_images']} images, {_NUM_SAMPLES.value} samples each:")
+  print(f"{config.data.name} {split}, checkpoint step {step}, "
+        f"{results['num_images']} images, {num_samples} samples each:")
   print(evaluation.format_table(results))
   if factors is not None:
     print("\nWhat each latent scale carries (samples assigned to their nearest candidate):")

@@ -1,35 +1,37 @@
 """Draws samples from the latest checkpoint in --workdir: figures and an .npz.
 
     python -m experiments.sample --workdir=runs/synthetic --output=samples.png \
-        [--num_samples=16] [--split=test] [--indices=0,1,2]
+        [--num_samples=16] [--indices=0,1,2] [--config.eval.split=test]
 
 Writes OUTPUT (all scales free), OUTPUT with `_coarsest_free` / `_finest_free`
 before the extension (only that latent scale sampled, the others at their
 means), and OUTPUT with `.npz` holding the images, graders, reconstructions,
-binary samples `[N, b, H, W]` and their foreground probabilities.
+binary samples `[N, b, H, W]` and their foreground probabilities. Images come
+from the split `eval.split` of the run's `config.json` (or of `--config=FILE`);
+`--config.<group>.<field>=value` overrides any field (`experiments/run_flags.py`).
 
 `--style=colab` draws what DeepMind's colab (HPU_Net.ipynb) draws, e.g. for
 the imported release (`experiments.import_release`): the first image of each
-of the first 10 patients of --split, grader 3 reconstructed from a posterior
-sample, 16 samples per variant (--indices and --num_samples are ignored).
+of the first 10 patients of `eval.split`, grader 3 reconstructed from a
+posterior sample, 16 samples per variant (--indices and --num_samples are
+ignored).
 """
-import os
-
 from absl import app, flags
+from etils import epath
 import jax
 import numpy as np
 
+from experiments import run_flags
 from hpunet_jax import release, trainer
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json, checkpoints/).")
 _OUTPUT = flags.DEFINE_string("output", None, "Output PNG path.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "Samples per image.", lower_bound=1)
-_SPLIT = flags.DEFINE_string("split", "test", "Split to draw images from.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "Samples per image (as the training "
+                                    "figures).", lower_bound=1)
 _INDICES = flags.DEFINE_list("indices", ["0", "1", "2"], "Indices of the images in the split.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _STYLE = flags.DEFINE_enum("style", "grid", ["grid", "colab"],
                            "grid: --indices with --num_samples; colab: the release colab's figure.")
-flags.mark_flags_as_required(["workdir", "output"])
+flags.mark_flags_as_required(["output"])
 
 
 def main(argv):
@@ -44,24 +46,25 @@ def main(argv):
     raise app.UsageError("--indices must be non-negative integers")
   if not _OUTPUT.value.endswith(".png"):
     raise app.UsageError(f"--output must end in .png, got {_OUTPUT.value}")
-  config, model, params, step = trainer.restore_params(_WORKDIR.value)
+  config = run_flags.config()
+  config, model, params, step = trainer.restore_params(run_flags.WORKDIR.value, config)
+  split = config.eval.split
   prefix = _OUTPUT.value[:-len(".png")]
-  out_dir = os.path.dirname(os.path.abspath(prefix))
-  os.makedirs(out_dir, exist_ok=True)
   if _STYLE.value == "colab":
     paths, arrays = release.draw_colab_figures(
-        model, params, config, _SPLIT.value, prefix, rng=jax.random.key(_SEED.value),
-        title=f"step {step}, {_SPLIT.value}: ")
+        model, params, config, split, prefix, rng=jax.random.key(_SEED.value),
+        title=f"step {step}, {split}: ")
     indices = arrays.pop("indices")
   else:
     paths, arrays = trainer.draw_figures(
-        model, params, config, _SPLIT.value, prefix, rng=jax.random.key(_SEED.value),
+        model, params, config, split, prefix, rng=jax.random.key(_SEED.value),
         num_samples=_NUM_SAMPLES.value, indices=indices,
-        title=f"step {step}, {_SPLIT.value} {','.join(map(str, indices))}: ")
-  npz = prefix + ".npz"
-  tmp = prefix + ".tmp.npz"
-  np.savez_compressed(tmp, indices=np.asarray(indices), **arrays)
-  os.replace(tmp, npz)
+        title=f"step {step}, {split} {','.join(map(str, indices))}: ", print_fn=print)
+  npz = epath.Path(prefix + ".npz")
+  tmp = epath.Path(prefix + ".tmp.npz")
+  with tmp.open("wb") as f:
+    np.savez_compressed(f, indices=np.asarray(indices), **arrays)
+  tmp.replace(npz)
   for path in paths + [npz]:
     print(f"Wrote {path}")
 

@@ -1,9 +1,15 @@
-"""The experiment config: its groups, their defaults and one early validation.
+"""The experiment config: its groups, their defaults, one early validation, a run's config.
 
 Configs in `configs/*.py` start from `base_config()` and change what their
 setting needs. `validate(config)` runs before anything compiles and raises a
-ValueError naming the offending field.
+ValueError naming the offending field. `run_config(workdir, ...)` is the config
+a tool (evaluate, sample, the benchmarks) uses for a run: the run's own
+`config.json` unless a config is given, with `--config.<group>.<field>=`
+overrides applied.
 """
+import json
+
+from etils import epath
 import ml_collections
 
 from hpunet_jax.data import pipeline
@@ -84,6 +90,17 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def get_config(arg=None):
+  """`base_config()`, so that this file can be a `--config` flag's default.
+
+  The tools define `--config` with this file as its default: their
+  `--config.<group>.<field>=` overrides are then parsed against every field
+  (with its type) even when the config itself comes from a run's `config.json`.
+  """
+  del arg
+  return base_config()
+
+
 def model_config(config) -> HPUNetConfig:
   """The typed model config from the `model` group (errors name `model.<field>`)."""
   return HPUNetConfig.from_dict(config.model.to_dict(), prefix="model")
@@ -154,3 +171,88 @@ def validate(config, *, num_devices=None):
   if ev.num_examples is not None:
     _require(ev.num_examples >= 1, f"eval.num_examples must be >= 1 or None, got {ev.num_examples}")
   return model
+
+
+# ---------------------------------------------------------------------------
+# A run's config, for the tools that read a run.
+
+RUN_CONFIG_FILE = "config.json"
+# The data fields that say which data a model saw (not where it is stored or how
+# fast it is read): a config that differs in these evaluates on other data.
+DATA_IDENTITY_FIELDS = ("name", "image_size", "crop_size", "num_channels", "num_graders")
+
+
+def config_from_json(values) -> ml_collections.ConfigDict:
+  """Rebuilds a ConfigDict saved as JSON by the trainer (`config.json`; tuples restored)."""
+  base = base_config()
+
+  def convert(reference, value):
+    if isinstance(value, list) and (reference is None or isinstance(reference, tuple)):
+      return tuple(value)
+    return value
+
+  for group, fields in values.items():
+    if group not in base:
+      base[group] = ml_collections.ConfigDict(fields)
+      continue
+    for key, value in fields.items():
+      reference = base[group].get(key) if key in base[group] else None
+      with base.unlocked():
+        base[group][key] = convert(reference, value)
+  return base
+
+
+def load_run_config(workdir) -> ml_collections.ConfigDict:
+  """The config of the run in `workdir`, from its `config.json`."""
+  path = epath.Path(workdir) / RUN_CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+  return config_from_json(json.loads(path.read_text()))
+
+
+def _normalised(value):
+  return list(value) if isinstance(value, tuple) else value
+
+
+def run_config(workdir, config=None, overrides=None, *, allow_other_data=False):
+  """The config a tool uses for the run in `workdir`.
+
+  Args:
+    workdir: the run's folder (any `epath` path), or None (then `config` is used,
+      or `base_config()` with the overrides).
+    config: a config given on the command line (`--config=...`, its overrides
+      already applied), or None for the run's own `config.json`.
+    overrides: `{"group.field": value}` (`config_flags.get_override_values`),
+      applied to the run's `config.json` when `config` is None.
+    allow_other_data: accept a `config` whose data (`DATA_IDENTITY_FIELDS`)
+      differ from the run's.
+
+  Returns:
+    The ConfigDict, not yet validated.
+
+  Raises:
+    FileNotFoundError: `workdir` has no `config.json` and no `config` is given.
+    ValueError: naming the `data.<field>` where `config` differs from the run,
+      unless `allow_other_data`.
+  """
+  if config is None:
+    config = load_run_config(workdir) if workdir is not None else base_config()
+    for path, value in (overrides or {}).items():
+      *groups, field = path.split(".")
+      node = config
+      for group in groups:
+        node = node[group]
+      with config.unlocked():
+        node[field] = value
+    return config
+  run_file = None if workdir is None else epath.Path(workdir) / RUN_CONFIG_FILE
+  if run_file is not None and run_file.exists() and not allow_other_data:
+    trained = load_run_config(workdir).data
+    for field in DATA_IDENTITY_FIELDS:
+      ours, theirs = config.data.get(field), trained.get(field)
+      if _normalised(ours) != _normalised(theirs):
+        raise ValueError(
+            f"data.{field}={ours!r} differs from the run in {workdir}, which was trained with "
+            f"data.{field}={theirs!r}; leave out --config to use the run's config, or pass "
+            f"--allow_other_data to evaluate on other data")
+  return config

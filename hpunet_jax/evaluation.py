@@ -23,7 +23,7 @@ Which samples each score uses (N = `num_samples`, default 100):
     against that grader, averaged over graders.
 """
 import math
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +106,8 @@ def _first_examples(batches: Iterable[Mapping[str, Any]], num_examples: Optional
 
 
 def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
-                     num_samples: int = 100, num_examples: Optional[int] = None) -> dict:
+                     num_samples: int = 100, num_examples: Optional[int] = None,
+                     on_batch: Optional[Callable[[int], Any]] = None) -> dict:
   """Scores every image of `batches`.
 
   Args:
@@ -121,6 +122,8 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
       order always give the same scores.
     num_samples: samples per image.
     num_examples: stop after this many images (all if None).
+    on_batch: called after each batch with the number of images scored so
+      far (e.g. `summary.Progress.update`).
 
   Returns:
     dict of per-image numpy arrays, keyed like `evaluate`'s means, plus
@@ -132,6 +135,7 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
   scores: dict = {}
   add = lambda key, values: scores.setdefault(key, []).append(np.asarray(values, np.float64))
   subset = []
+  seen = 0
   for index, batch in _first_examples(batches, num_examples):
     images = np.asarray(batch["image"], np.float32)
     masks = np.asarray(batch["masks"], np.float32)
@@ -172,6 +176,9 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
             [metrics.normalised_ged(exact, floor, single) if single > floor else np.nan])
         add("match_rate", [matches["match_rate"]])
         add("tvd", [matches["tvd"]])
+    seen += batch_size
+    if on_batch is not None:
+      on_batch(seen)
 
   if not subset:
     raise ValueError("evaluation saw no images")
@@ -209,7 +216,7 @@ def summarise(scores: Mapping[str, np.ndarray], *, num_bootstrap: int = 1000,
 
 def evaluate(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
              num_samples: int = 100, num_examples: Optional[int] = None,
-             num_bootstrap: int = 1000) -> dict:
+             num_bootstrap: int = 1000, on_batch: Optional[Callable[[int], Any]] = None) -> dict:
   """Samples `model` on `batches` and returns the split's scores.
 
   See the module docstring for which samples each score uses, and
@@ -230,7 +237,7 @@ def evaluate(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
     `num_images_exact`.
   """
   scores = per_image_scores(model, params, batches, rng=rng, num_samples=num_samples,
-                            num_examples=num_examples)
+                            num_examples=num_examples, on_batch=on_batch)
   return summarise(scores, num_bootstrap=num_bootstrap)
 
 
@@ -292,7 +299,8 @@ def scale_variants(num_scales):
 
 
 def factor_statistics(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
-                      num_samples: int = 100, num_examples: Optional[int] = None) -> dict:
+                      num_samples: int = 100, num_examples: Optional[int] = None,
+                      on_batch: Optional[Callable[[int], Any]] = None) -> dict:
   """Which factor of a known distribution each latent scale carries.
 
   For data whose candidates are one empty mask (the *global* factor: is there
@@ -311,6 +319,8 @@ def factor_statistics(model, params, batches: Iterable[Mapping[str, Any]], *, rn
     0 when the local factor does not vary;
   - `match_rate`: share of samples within IoU 0.9 of their candidate.
 
+  `on_batch`, if given, is called after each batch with the images done so far.
+
   Returns:
     `{variant: {statistic: value}}`.
   """
@@ -322,6 +332,7 @@ def factor_statistics(model, params, batches: Iterable[Mapping[str, Any]], *, rn
     sums[variant][key] = sums[variant].get(key, 0.0) + value
     counts[variant][key] = counts[variant].get(key, 0) + 1
 
+  seen = 0
   for index, batch in _first_examples(batches, num_examples):
     if "candidates" not in batch:
       raise ValueError("factor_statistics needs data with candidates (e.g. synthetic_multiscale)")
@@ -349,6 +360,9 @@ def factor_statistics(model, params, batches: Iterable[Mapping[str, Any]], *, rn
           add(variant, "local_tvd", 0.5 * np.abs(local - true_local).sum())
           nonzero = local[local > 0]
           add(variant, "local_entropy", float(-(nonzero * np.log(nonzero)).sum()))
+    seen += images.shape[0]
+    if on_batch is not None:
+      on_batch(seen)
   return {v: {k: sums[v][k] / counts[v][k] for k in sums[v]} for v in variants}
 
 

@@ -200,6 +200,9 @@ def format_duration(seconds: float) -> str:
 class Progress:
   """Formats (and prints) a progress line with throughput and ETA.
 
+  Used for training steps, evaluated images, generated dataset examples and
+  drawn figures alike (`unit`).
+
   The rate is measured from the first `update` call on, so the compilation
   that happens in the first step(s) does not distort it: call `update` after
   the first step (or at the first logging step). Call it only where the step's
@@ -207,23 +210,30 @@ class Progress:
   asynchronous dispatch makes the timing meaningless.
 
   Args:
-    total_steps: the last step of training.
+    total_steps: the last step (or the number of items).
     batch_size: global batch size, for images/s (None: not shown).
     start_step: the step training starts from (e.g. the resumed step).
     clock: seconds as a float; injectable for tests.
     print_fn: where lines go (None: nowhere, just return them).
+    unit: what is counted ('step', 'image', 'example', ...).
+    every_s: print at most one line per this many seconds (the first and the
+      last update always print); 0 prints every update.
   """
 
   def __init__(self, total_steps: int, *, batch_size: Optional[int] = None,
                start_step: int = 0, clock: Callable[[], float] = time.monotonic,
-               print_fn: Optional[Callable[[str], Any]] = logging.info):
+               print_fn: Optional[Callable[[str], Any]] = logging.info,
+               unit: str = "step", every_s: float = 0.0):
     self._total = int(total_steps)
     self._batch_size = batch_size
     self._start_step = int(start_step)
     self._clock = clock
     self._print_fn = print_fn
+    self._unit = unit
+    self._every_s = every_s
     self._start_time = clock()
     self._reference = None  # (step, time) of the first update.
+    self._last_print = None
 
   def steps_per_second(self, step: int) -> Optional[float]:
     """Average rate since the first update, or None before there is one."""
@@ -236,28 +246,32 @@ class Progress:
     return (step - ref_step) / elapsed
 
   def update(self, step: int, metrics: Optional[Mapping[str, Any]] = None) -> str:
-    """Returns (and prints) the line for `step`, with `metrics` as 'name value'.
+    """Returns (and prints, unless within `every_s` of the last line) the line for `step`.
 
     Example: 'step 1200/50000 (2.4%) | loss 123.4 | lambda 1.2 | 12.3 steps/s |
     394 img/s | ETA 1:06:07'.
     """
     step = int(step)
-    parts = [f"step {step}/{self._total} ({100.0 * step / max(self._total, 1):.1f}%)"]
+    unit = self._unit
+    parts = [f"{unit} {step}/{self._total} ({100.0 * step / max(self._total, 1):.1f}%)"]
     for name, value in (metrics or {}).items():
       parts.append(f"{name} {_to_float(name, value):.4g}")
+    now = self._clock()
     if self._reference is None:
-      now = self._clock()
-      parts.append(f"first {step - self._start_step} steps took "
+      parts.append(f"first {step - self._start_step} {unit}s took "
                    f"{now - self._start_time:.1f}s (incl. compilation)")
       self._reference = (step, now)
     else:
       rate = self.steps_per_second(step)
       if rate is not None:
-        parts.append(f"{rate:.3g} steps/s")
+        parts.append(f"{rate:.3g} {unit}s/s")
         if self._batch_size:
           parts.append(f"{rate * self._batch_size:.4g} img/s")
         parts.append(f"ETA {format_duration((self._total - step) / rate)}")
     line = " | ".join(parts)
-    if self._print_fn is not None:
+    due = (self._last_print is None or step >= self._total
+           or now - self._last_print >= self._every_s)
+    if self._print_fn is not None and due:
       self._print_fn(line)
+      self._last_print = now
     return line

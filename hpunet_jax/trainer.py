@@ -15,6 +15,7 @@ import signal
 import time
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,7 +28,7 @@ from hpunet_jax.train import create_train_state, make_train_step
 
 CHECKPOINT_DIR = "checkpoints"
 FIGURE_DIR = "figures"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = config_lib.RUN_CONFIG_FILE
 
 
 class NonFiniteError(FloatingPointError):
@@ -135,11 +136,12 @@ _FIGURE_VARIANTS = {"all scales free": ("", "all scales free"),
 
 
 def draw_figures(model, params, config, split, path_prefix, *, num_examples=None, rng=None,
-                 num_samples=16, indices=None, title="", writer=None, step=None):
+                 num_samples=16, indices=None, title="", writer=None, step=None, print_fn=None):
   """Writes the sample figures (all scales free, coarsest only, finest only).
 
   With a `writer` (`summary.MetricWriter`), the figures also go to TensorBoard
-  at `step`, tagged `figures/all_scales_free` etc.
+  at `step`, tagged `figures/all_scales_free` etc. With a `print_fn`, a
+  progress line per figure goes to it.
 
   Returns the paths written and the arrays drawn (for `experiments.sample`).
   """
@@ -153,7 +155,9 @@ def draw_figures(model, params, config, split, path_prefix, *, num_examples=None
   recon = np.asarray(jnp.argmax(recon, -1) == 1)
   written, arrays = [], {"image": np.asarray(batch["image"]), "masks": masks,
                          "reconstruction": recon}
-  for name, mean in evaluation.scale_variants(model.config.num_scales).items():
+  variants = evaluation.scale_variants(model.config.num_scales)
+  progress = summary.Progress(len(variants), unit="figure", print_fn=print_fn)
+  for name, mean in variants.items():
     suffix, which = _FIGURE_VARIANTS[name]
     logits = model.sample(params, jax.random.fold_in(rng, len(written)), images,
                           num_samples=num_samples, mean=mean)
@@ -167,6 +171,7 @@ def draw_figures(model, params, config, split, path_prefix, *, num_examples=None
     if writer is not None:
       writer.write_images(step, {f"figures/{name.replace(' ', '_')}": figure})
     written.append(path)
+    progress.update(len(written))
     arrays[f"samples{suffix}"] = samples
     arrays[f"probabilities{suffix}"] = probs.astype(np.float16)
   return written, arrays
@@ -188,14 +193,24 @@ def _select_examples(config, split, num_examples, indices):
   return {k: v[indices] for k, v in merged.items()}
 
 
+def evaluation_progress(config, split, num_examples, *, print_fn=logging.info, what="image"):
+  """A `summary.Progress` over the images of `split` that an evaluation will see."""
+  total = pipeline.num_examples(config.data, split)
+  if num_examples is not None:
+    total = min(total, num_examples)
+  return summary.Progress(total, unit=what, every_s=30, print_fn=print_fn)
+
+
 def run_evaluation(model, params, config, split, *, num_samples=None, num_examples=None,
-                   rng=None):
-  """Evaluates `params` on `split` with the config's eval settings."""
+                   rng=None, print_fn=logging.info):
+  """Evaluates `params` on `split` with the config's eval settings, with progress lines."""
   num_samples = num_samples or config.eval.num_samples
   num_examples = num_examples if num_examples is not None else config.eval.num_examples
   rng = jax.random.key(config.train.seed + 1) if rng is None else rng
+  progress = evaluation_progress(config, split, num_examples, print_fn=print_fn)
   return evaluation.evaluate(model, params, eval_batches(config, split, num_examples), rng=rng,
-                             num_samples=num_samples, num_examples=num_examples)
+                             num_samples=num_samples, num_examples=num_examples,
+                             on_batch=progress.update)
 
 
 def _scalar_results(results):
@@ -362,12 +377,10 @@ def restore_params(workdir, config=None, *, step=None):
     `(config, model, params, step)`; params are local (single-device) arrays.
   """
   if config is None:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-    with open(path) as f:
-      config = config_from_json(json.load(f))
+    config = config_lib.load_run_config(workdir)
   config_lib.validate(config)
+  if not (epath.Path(workdir) / CHECKPOINT_DIR).is_dir():  # a reader creates nothing there
+    raise FileNotFoundError(f"no checkpoint in {epath.Path(workdir) / CHECKPOINT_DIR}")
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
   try:
     step = step if step is not None else checkpointer.latest_step()
@@ -392,23 +405,3 @@ def _example_batch(config, image_size):
     image = np.zeros((1,) + size + (config.data.num_channels,), np.float32)
   return {"image": image,
           "segmentation": np.zeros(image.shape[:3] + (config.model.num_classes,), np.float32)}
-
-
-def config_from_json(values):
-  """Rebuilds a ConfigDict saved by `train_and_evaluate` (tuples restored)."""
-  base = config_lib.base_config()
-
-  def convert(reference, value):
-    if isinstance(value, list) and (reference is None or isinstance(reference, tuple)):
-      return tuple(value)
-    return value
-
-  for group, fields in values.items():
-    if group not in base:
-      base[group] = ml_collections.ConfigDict(fields)
-      continue
-    for key, value in fields.items():
-      reference = base[group].get(key) if key in base[group] else None
-      with base.unlocked():
-        base[group][key] = convert(reference, value)
-  return base

@@ -83,24 +83,53 @@ def test_rerun_after_the_end_does_not_train_again(trained, data_dir):
   assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 6
 
 
-def test_evaluate_and_sample_cli(trained, data_dir, tmp_path):
+def _listing(folder):
+  return sorted(os.path.relpath(os.path.join(d, n), folder)
+                for d, dirs, files in os.walk(folder) for n in dirs + files)
+
+
+def test_evaluate_and_sample_cli(trained, tmp_path):
+  """Both tools read the run's config.json; --config.<group>.<field>= overrides it."""
   workdir, _ = trained
-  proc = _run("experiments.evaluate", "--config=configs/synthetic.py:tiny",
-              f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--split=test",
-              "--num_samples=16", "--num_examples=3")
+  before = _listing(workdir)
+  proc = _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+              "--config.eval.num_samples=16", "--config.eval.num_examples=3")
   results = json.load(open(os.path.join(workdir, "evaluation.json")))
   for key in ("ged_16", "hm_iou_16", "iou_rec", "ncc", "diversity", "exact_ged",
               "exact_ged_floor", "exact_ged_single_guess", "exact_ged_normalised", "match_rate",
               "tvd"):
     assert key in results and key in proc.stdout
   assert results["num_images"] == 3 and results["step"] == 6
+  assert results["split"] == "test" and results["num_samples"] == 16
+  assert "image 3/3 (100.0%)" in proc.stdout          # progress lines
+  # It wrote evaluation.json and nothing else into the run it only reads.
+  assert sorted(set(_listing(workdir)) - set(before)) == ["evaluation.json"]
   out = str(tmp_path / "s" / "samples.png")
-  _run("experiments.sample", f"--workdir={workdir}", f"--output={out}", "--num_samples=4",
-       "--indices=1,3")
+  proc = _run("experiments.sample", f"--workdir={workdir}", f"--output={out}", "--num_samples=4",
+              "--indices=1,3", "--config.eval.split=test")
   arrays = np.load(str(tmp_path / "s" / "samples.npz"))
   assert arrays["samples"].shape == (4, 2, 32, 32)
   assert list(arrays["indices"]) == [1, 3]
   assert os.path.exists(str(tmp_path / "s" / "samples_finest_free.png"))
+  assert "figure 3/3 (100.0%)" in proc.stdout
+
+
+def test_tools_refuse_other_data_and_non_runs_creating_nothing(trained, tmp_path):
+  workdir, _ = trained
+  before = _listing(workdir)
+  proc = _run("experiments.evaluate", f"--workdir={workdir}", "--config=configs/synthetic.py",
+              check=False, timeout=300)
+  assert proc.returncode != 0
+  assert "data.name='synthetic_multiscale' differs from the run" in proc.stderr
+  assert "--allow_other_data" in proc.stderr
+  assert _listing(workdir) == before
+  empty = tmp_path / "not_a_run"
+  empty.mkdir()
+  for module, extra in (("experiments.evaluate", []),
+                        ("experiments.sample", [f"--output={tmp_path / 'x.png'}"])):
+    proc = _run(module, f"--workdir={empty}", *extra, check=False, timeout=300)
+    assert proc.returncode != 0 and f"{empty}/config.json not found" in proc.stderr
+  assert not list(empty.iterdir())
 
 
 @pytest.mark.parametrize("override,message", [

@@ -129,3 +129,19 @@ def test_format_duration():
   assert summary.format_duration(0) == "0:00:00"
   assert summary.format_duration(3725.4) == "1:02:05"
   assert summary.format_duration(90000) == "25:00:00"
+
+
+def test_progress_counts_any_unit_and_throttles_lines():
+  clock = _FakeClock()
+  lines = []
+  progress = summary.Progress(100, clock=clock, print_fn=lines.append, unit="image", every_s=10)
+  clock.now += 5.0
+  assert "first 16 images took 5.0s" in progress.update(16)
+  clock.now += 2.0
+  line = progress.update(32)           # 2 s after the last line: computed, not printed
+  assert "image 32/100 (32.0%)" in line and "8 images/s" in line and "ETA 0:00:08" in line
+  clock.now += 9.0
+  progress.update(96)                  # 11 s after the last printed line
+  progress.update(100)                 # the last update always prints
+  assert [l.split(" |")[0] for l in lines] == ["image 16/100 (16.0%)", "image 96/100 (96.0%)",
+                                             "image 100/100 (100.0%)"]
