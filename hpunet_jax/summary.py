@@ -259,7 +259,7 @@ class Progress:
     now = self._clock()
     if self._reference is None:
       parts.append(f"first {step - self._start_step} {unit}s took "
-                   f"{now - self._start_time:.1f}s (incl. compilation)")
+                   f"{now - self._start_time:.1f}s (incl. start-up and compilation)")
       self._reference = (step, now)
     else:
       rate = self.steps_per_second(step)

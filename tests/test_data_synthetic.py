@@ -1,5 +1,6 @@
 """Tests of the `synthetic_multiscale` definition, generator and builder."""
 import hashlib
+import logging
 
 import numpy as np
 import pytest
@@ -123,3 +124,13 @@ def test_plain_tfds_calls_build_and_read_array_record(tmp_path):
   definition = synthetic.MultiscaleDefinition.for_image_size(32)
   expected = [synthetic.generate_example(definition, 0, "test", i) for i in range(32)]
   assert _fingerprints(test) == _fingerprints(expected)
+
+
+def test_generation_logs_progress_with_rate_and_eta(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  _build(tmp_path, seed=5)
+  lines = [r.getMessage() for r in caplog.records
+           if r.getMessage().startswith("Generating synthetic_multiscale/tiny5 train: ")]
+  assert "example 1/12" in lines[0] and "first 1 examples took" in lines[0]
+  assert "example 12/12 (100.0%)" in lines[-1]
+  assert "examples/s" in lines[-1] and "ETA 0:00:00" in lines[-1]

@@ -25,6 +25,7 @@ temporary folder and renames it only on success), so a bad file stops the
 build with an error naming it and leaves no finished-looking dataset behind.
 """
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -32,10 +33,13 @@ import shutil
 import tarfile
 import zlib
 
+from absl import logging
 from etils import epath
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+
+from hpunet_jax import summary
 
 URL_ROOT = "https://storage.googleapis.com/hpunet-data/lidc_crops/"
 
@@ -418,9 +422,12 @@ class LidcCrops(tfds.core.GeneratorBasedBuilder):
     image_size = config.image_size
     if image_size is None:
       image_size = _read_png(entries["train"][0].image_path, config.num_channels).shape[:2]
-    return {split: self._generate_examples(entries[split], tuple(image_size))
+    return {split: self._generate_examples(entries[split], tuple(image_size), split)
             for split in SPLIT_FOLDERS}
 
-  def _generate_examples(self, entries, image_size):
-    for entry in entries:
+  def _generate_examples(self, entries, image_size, split):
+    progress = summary.Progress(len(entries), unit="example", every_s=10, print_fn=functools.partial(
+        logging.info, "Reading lidc_crops/%s %s: %s", self.builder_config.name, split))
+    for done, entry in enumerate(entries, 1):
       yield entry.key, load_example(entry, image_size, self.builder_config.num_channels)
+      progress.update(done)

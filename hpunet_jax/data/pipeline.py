@@ -162,7 +162,13 @@ def prepare(data_config):
     logging.info("Preparing %s in %s%s.", data_config.name, builder.data_dir,
                  f" from manual_dir {manual_dir}" if manual_dir else "")
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    builder.download_and_prepare(download_config=download_config)
+    # The builders log progress lines with a rate and an ETA (summary.Progress);
+    # tfds' own bars would repeat them without an ETA.
+    tfds.display_progress_bar(False)
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    finally:
+      tfds.display_progress_bar(True)
     logging.info("Prepared %s: %s", data_config.name,
                  {s: i.num_examples for s, i in builder.info.splits.items()})
   _check_sizes(data_config, builder)
