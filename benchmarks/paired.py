@@ -1,14 +1,15 @@
 r"""Paired comparison of model variants: one training step of each in turn.
 
     python -m benchmarks.paired --rounds=6 \
-        --variants='gemm_weight_grad_sizes=();gemm_weight_grad_sizes=(64,)'
+        --variants='model.gemm_weight_grad_sizes=();model.gemm_weight_grad_sizes=(64,)'
 
-`--batch`, `--size`, `--config`, `--seed` are those of benchmarks.throughput.
+`--batch`, `--size`, `--seed`, `--workdir`, `--config` and its
+`--config.<group>.<field>=` overrides are those of benchmarks.throughput.
 
-Each variant is a `;`-separated entry of `,`-separated `field=value`
-overrides of the `model` config group, or of any group with a dotted path
-(`data.augment.enabled=False`); values are Python literals; an empty entry is
-the default config. Augmentation on vs off at the LIDC setting (the on-device
+Each variant is a `;`-separated entry of `,`-separated `<group>.<field>=value`
+overrides, named as the `--config.<group>.<field>=` ones (a bare `field` is
+`model.field`; values are Python literals; an empty entry is the config
+itself). Augmentation on vs off at the LIDC setting (the on-device
 augmentation of 180x180 examples against plain 128x128 crops):
 
     python -m benchmarks.paired --batch=8 --size=128 --augment_from=180 \
@@ -34,18 +35,18 @@ import numpy as np
 import hpunet_jax
 from hpunet_jax import config_lib, train
 
-# --batch, --size, --seed, --config, --compute_dtype and --remat are
-# benchmarks.throughput's flags, with the same meaning.
+# --batch, --size, --seed, --workdir and --config are benchmarks.throughput's
+# flags, with the same meaning.
 from benchmarks import throughput
 
-flags.DEFINE_string("variants", ";gemm_weight_grad_sizes=()",
-                    "';'-separated variants, each ','-separated model overrides field=value.")
+flags.DEFINE_string("variants", ";model.gemm_weight_grad_sizes=()",
+                    "';'-separated variants, each ','-separated overrides <group>.<field>=value.")
 flags.DEFINE_integer("rounds", 6, "Rounds; each variant runs one step per round.")
 FLAGS = flags.FLAGS
 
 
 def parse_variants(text):
-  """'a=1,b=(2,);' -> [('a=1,b=(2,)', {'a': 1, 'b': (2,)}), ('default', {})]."""
+  """'m.a=1,m.b=(2,);' -> [('m.a=1,m.b=(2,)', {'m.a': 1, 'm.b': (2,)}), ('default', {})]."""
   variants = []
   for entry in text.split(";"):
     entry = entry.strip()
@@ -77,16 +78,12 @@ def _split_top_level(entry):
 
 def make_config(overrides):
   config = throughput.make_config()
-  for key, value in overrides.items():
-    *groups, field = key.split(".") if "." in key else ("model", key)
-    node = config
-    for group in groups:
-      if group not in node:
-        raise app.UsageError(f"--variants: config has no group {'.'.join(groups)!r}")
-      node = node[group]
-    if field not in node:
-      raise app.UsageError(f"--variants: {'.'.join(groups)} has no field {field!r}")
-    setattr(node, field, value)
+  # A bare field is a model field, as before dotted paths were accepted.
+  overrides = {key if "." in key else f"model.{key}": value for key, value in overrides.items()}
+  try:
+    config_lib.apply_overrides(config, overrides)
+  except ValueError as e:
+    raise app.UsageError(f"--variants: {e}") from None
   config_lib.validate(config)
   return config
 

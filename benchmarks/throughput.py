@@ -1,7 +1,8 @@
 r"""Throughput of the HPU-Net training step and of sampling, on fake data.
 
     python -m benchmarks.throughput --batch=8 --size=128 --steps=5 \
-        --config=lidc --compute_dtype=float32 --what=train,sample16,sample100
+        --what=train,sample16,sample100 [--workdir=DIR | --config=configs/lidc.py] \
+        [--config.model.compute_dtype=bfloat16]
 
 prints one JSON line per measurement (`--what` entry): step time, throughput
 (`images_per_s` for training, `samples_per_s` for sampling), compile time
@@ -24,9 +25,13 @@ Each timed measurement is repeated `--repeats` times and the best repeat is
 reported (`step_s`, the throughput) next to the median (`step_s_median`): the
 development machines are shared, and the best repeat is the least disturbed.
 
-`--config=tiny` is a small network for smoke tests (any `--size` that is a
-multiple of 8). Configs other than these two: `--config=lidc` and override the
-`model` group fields with `--compute_dtype` / `--remat`.
+The model is that of a run (`--workdir=DIR`: its `config.json`), of a config
+file (`--config=configs/x.py`, e.g. `configs/synthetic.py:tiny`, a small
+network for smoke tests), or by default the LIDC setting
+(`config_lib.base_config()`); `--config.<group>.<field>=value` overrides any
+field (`experiments/run_flags.py`), e.g. `--config.model.compute_dtype=bfloat16`
+or `--config.model.remat=True`. `--batch` and `--size` set the measured shape
+(`train.batch_size`, `data.crop_size`).
 
 Peak FLOP/s: on GPU from the device kind (dense bf16 / f32 tensor-core peaks
 of the data sheets); on CPU an *estimate*: cores x clock x FLOPs per cycle
@@ -42,11 +47,13 @@ import statistics
 import time
 
 from absl import app, flags
+from ml_collections import config_flags
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import run_flags
 import hpunet_jax
 from hpunet_jax import config_lib, metrics
 from hpunet_jax.data import augment
@@ -59,11 +66,6 @@ flags.DEFINE_integer("size", 128, "Image height and width.")
 flags.DEFINE_integer("steps", 5, "Timed steps (or sampling calls) per repeat.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_integer("repeats", 3, "Repeats of the timed loop; the best one is reported.")
-flags.DEFINE_enum("config", "lidc", ["lidc", "tiny"],
-                  "lidc: config_lib.base_config() (the paper's setting); tiny: a small "
-                  "network for smoke tests.")
-flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "model.compute_dtype.")
-flags.DEFINE_bool("remat", False, "model.remat: recompute residual blocks in the backward pass.")
 flags.DEFINE_list("what", ["train"], "Measurements: train, sample16, sample100, ged100.")
 flags.DEFINE_integer("num_images", 32, "ged100: images to evaluate (LIDC test split: 1980).")
 flags.DEFINE_string("profile_dir", None, "If set, write a jax.profiler trace of the timed "
@@ -136,7 +138,7 @@ def machine_info():
   else:
     kind = device.device_kind
     peaks = next((v for k, v in GPU_PEAKS.items() if k in kind), None)
-    bf16 = FLAGS.compute_dtype == "bfloat16"
+    bf16 = CONFIG_SOURCE["compute_dtype"] == "bfloat16"
     info.update(machine=kind,
                 peak_flops=None if peaks is None else
                 jax.device_count() * (peaks[0] if bf16 else peaks[1]),
@@ -146,13 +148,19 @@ def machine_info():
   return info
 
 
+# Where the config came from and its dtype, for the report lines.
+CONFIG_SOURCE = {}
+
+
 def make_config():
-  config = config_lib.base_config()
-  if FLAGS.config == "tiny":
-    config.model.channels_per_block = (8, 16, 32, 32)
-    config.model.latent_dims = (1, 1)
-  config.model.compute_dtype = FLAGS.compute_dtype
-  config.model.remat = FLAGS.remat
+  """The flags' config (a run's, a file's, or the LIDC setting) at the measured shape."""
+  config = run_flags.config(workdir_required=False)
+  CONFIG_SOURCE.update(
+      config=(f"workdir:{run_flags.WORKDIR.value}" if run_flags.WORKDIR.value and
+              not FLAGS["config"].present else
+              config_flags.get_config_filename(FLAGS["config"]) if FLAGS["config"].present
+              else "base_config"),
+      compute_dtype=config.model.compute_dtype, remat=config.model.remat)
   config.train.batch_size = FLAGS.batch
   config.data.crop_size = FLAGS.size
   config.data.image_size = FLAGS.size
@@ -234,8 +242,7 @@ def timed_repeats(run_once, steps, repeats):
 
 def report(name, info, stats, step_s, median_s, work, unit, **extra):
   line = dict(what=name, **{k: info[k] for k in ("machine", "platform", "jax", "jaxlib")},
-              batch=FLAGS.batch, size=FLAGS.size, config=FLAGS.config,
-              compute_dtype=FLAGS.compute_dtype, remat=FLAGS.remat,
+              batch=FLAGS.batch, size=FLAGS.size, **CONFIG_SOURCE,
               step_s=round(step_s, 5), step_s_median=round(median_s, 5),
               **{unit: round(work / step_s, 3)}, **stats)
   if stats.get("flops") and info.get("peak_flops"):

@@ -210,6 +210,26 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
   return config_from_json(json.loads(path.read_text()))
 
 
+def apply_overrides(config, overrides):
+  """Sets `{"group.field": value}` in `config` (in place; returned); unknown fields raise.
+
+  Raises:
+    ValueError: naming the field that `config` does not have.
+  """
+  for path, value in overrides.items():
+    *groups, field = path.split(".")
+    node = config
+    for depth, group in enumerate(groups):
+      if not isinstance(node, ml_collections.ConfigDict) or group not in node:
+        raise ValueError(f"{path}: the config has no group {'.'.join(groups[:depth + 1])!r}")
+      node = node[group]
+    if not groups or field not in node:
+      raise ValueError(f"{path}: the config has no field {path!r}")
+    with config.unlocked():
+      node[field] = value
+  return config
+
+
 def _normalised(value):
   return list(value) if isinstance(value, tuple) else value
 
@@ -237,14 +257,7 @@ def run_config(workdir, config=None, overrides=None, *, allow_other_data=False):
   """
   if config is None:
     config = load_run_config(workdir) if workdir is not None else base_config()
-    for path, value in (overrides or {}).items():
-      *groups, field = path.split(".")
-      node = config
-      for group in groups:
-        node = node[group]
-      with config.unlocked():
-        node[field] = value
-    return config
+    return apply_overrides(config, overrides or {})
   run_file = None if workdir is None else epath.Path(workdir) / RUN_CONFIG_FILE
   if run_file is not None and run_file.exists() and not allow_other_data:
     trained = load_run_config(workdir).data

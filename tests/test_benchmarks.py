@@ -50,7 +50,9 @@ def test_latest_trace_names_the_directory_without_a_trace(tmp_path):
 def test_throughput_script_prints_one_json_line_per_measurement(tmp_path):
   """The README's smoke command: train, sampling and GED100 on the tiny network."""
   result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.throughput", "--config=tiny", "--size=16",
+      [sys.executable, "-m", "benchmarks.throughput", "--config=configs/synthetic.py:tiny",
+       "--config.model.channels_per_block=(8,16,32,32)", "--config.model.latent_dims=(1,1)",
+       "--size=16",
        "--batch=2", "--steps=1", "--repeats=1", "--warmup=1", "--num_images=2",
        "--what=train,sample16,ged100", f"--profile_dir={tmp_path}"],
       cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
@@ -59,6 +61,7 @@ def test_throughput_script_prints_one_json_line_per_measurement(tmp_path):
   assert [l["what"] for l in lines] == ["train", "sample16", "ged100"]
   train, sample, ged = lines
   assert train["images_per_s"] > 0 and train["loss_finite"]
+  assert train["config"] == "configs/synthetic.py:tiny" and train["compute_dtype"] == "float32"
   assert train["flops"] > 0 and 0 < train["fraction_of_peak"] < 1
   assert sample["samples_per_s"] > 0 and sample["num_samples"] == 16
   assert ged["est_s_for_1980_images"] > 0
@@ -70,11 +73,11 @@ def test_throughput_script_prints_one_json_line_per_measurement(tmp_path):
 def test_paired_variants_parse_literals_and_name_bad_entries():
   from absl import app
   from benchmarks import paired
-  assert paired.parse_variants(";gemm_weight_grad_sizes=(64, 32),remat=True") == [
-      ("default", {}), ("gemm_weight_grad_sizes=(64, 32),remat=True",
-                        {"gemm_weight_grad_sizes": (64, 32), "remat": True})]
-  for bad, named in [("remat", "'remat' is not field=value"),
-                     ("remat=yes", "'yes' (for remat) is not a Python literal")]:
+  assert paired.parse_variants(";model.gemm_weight_grad_sizes=(64, 32),model.remat=True") == [
+      ("default", {}), ("model.gemm_weight_grad_sizes=(64, 32),model.remat=True",
+                        {"model.gemm_weight_grad_sizes": (64, 32), "model.remat": True})]
+  for bad, named in [("model.remat", "'model.remat' is not field=value"),
+                     ("model.remat=yes", "'yes' (for model.remat) is not a Python literal")]:
     try:
       paired.parse_variants(bad)
     except app.UsageError as e:

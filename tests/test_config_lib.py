@@ -1,0 +1,52 @@
+"""Tests of hpunet_jax.config_lib's run config: what a tool uses for a run."""
+import json
+
+import pytest
+
+from configs import synthetic
+from hpunet_jax import config_lib
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+  config = synthetic.get_config("tiny")
+  config.data.data_dir = str(tmp_path / "tfds")
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  return tmp_path
+
+
+def test_the_runs_config_with_overrides(run_dir):
+  config = config_lib.run_config(run_dir, None, {"eval.num_samples": 7, "eval.split": "test"})
+  assert (config.eval.num_samples, config.eval.split) == (7, "test")
+  assert config.data.data_dir == str(run_dir / "tfds")          # from the run
+  assert config.model.channels_per_block == synthetic.get_config("tiny").model.channels_per_block
+  assert isinstance(config.model.channels_per_block, tuple)      # JSON lists back to tuples
+  config_lib.validate(config)
+
+
+def test_a_given_config_must_have_the_runs_data(run_dir):
+  other = synthetic.get_config()                                # synthetic_multiscale, not /small
+  with pytest.raises(ValueError, match=r"data.name='synthetic_multiscale' differs from the run "
+                                       r".*'synthetic_multiscale/small'.*--allow_other_data"):
+    config_lib.run_config(run_dir, other)
+  assert config_lib.run_config(run_dir, other, allow_other_data=True) is other
+  same = synthetic.get_config("tiny")                           # same data, stored elsewhere
+  same.data.data_dir = "/elsewhere"
+  assert config_lib.run_config(run_dir, same) is same
+
+
+def test_no_run_config(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json not found"):
+    config_lib.run_config(tmp_path)
+  assert not list(tmp_path.iterdir())
+  assert config_lib.run_config(None, None, {"train.batch_size": 8}).train.batch_size == 8
+
+
+def test_apply_overrides_names_unknown_fields():
+  config = config_lib.base_config()
+  config_lib.apply_overrides(config, {"model.remat": True})
+  assert config.model.remat is True
+  with pytest.raises(ValueError, match="model.bogus: the config has no field"):
+    config_lib.apply_overrides(config, {"model.bogus": 1})
+  with pytest.raises(ValueError, match="modle.remat: the config has no group 'modle'"):
+    config_lib.apply_overrides(config, {"modle.remat": True})
