@@ -7,8 +7,8 @@ images with 100 samples each; 9.5 CPU-minutes (15.7 min wall on a 2-core
 machine that was running other jobs). The dataset (`synthetic_multiscale`,
 64x64, 4000/200/200 images) is generated on first use in a few seconds.
 
-Expected numbers (`python -m experiments.evaluate --config=configs/synthetic.py
---workdir=runs/synthetic --num_examples=100`, test): exact GED 0.050
+Expected numbers (`python -m experiments.evaluate --workdir=runs/synthetic
+--config.eval.split=test`: the first 100 test images): exact GED 0.050
 (floor 0.006, single guess 0.41), normalised exact GED 0.11, IoU_rec 0.99,
 match rate 0.45, TVD 0.55, GED100 0.21, HM-IoU16 0.60, S_NCC 0.87. See
 README.md for why the match rate and TVD stay low.
@@ -53,7 +53,7 @@ def get_config(arg=None):
   config.train.checkpoint_every = 500
 
   config.eval.split = "validation"
-  config.eval.num_examples = 100   # the final table; experiments.evaluate scores all of test
+  config.eval.num_examples = 100   # the final table and experiments.evaluate (None: all)
   config.eval.num_samples = 100
   config.eval.batch_size = 20
   config.eval.num_figure_examples = 4

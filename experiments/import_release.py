@@ -46,7 +46,7 @@ def main(argv):
   for reason, names in sorted(converted.skipped.items()):
     print(f"  {reason}: {len(names)} tensor(s)")
   print(f"Sample: python -m experiments.sample --workdir={_WORKDIR.value} --style=colab "
-        f"--output={_WORKDIR.value}/colab.png")
+        f"--output={_WORKDIR.value}/colab.png --config.eval.split=test")
 
 
 if __name__ == "__main__":
