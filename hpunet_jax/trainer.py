@@ -193,12 +193,12 @@ def _select_examples(config, split, num_examples, indices):
   return {k: v[indices] for k, v in merged.items()}
 
 
-def evaluation_progress(config, split, num_examples, *, print_fn=logging.info, what="image"):
+def evaluation_progress(config, split, num_examples, *, print_fn=logging.info):
   """A `summary.Progress` over the images of `split` that an evaluation will see."""
   total = pipeline.num_examples(config.data, split)
   if num_examples is not None:
     total = min(total, num_examples)
-  return summary.Progress(total, unit=what, every_s=30, print_fn=print_fn)
+  return summary.Progress(total, unit="image", every_s=30, print_fn=print_fn)
 
 
 def run_evaluation(model, params, config, split, *, num_samples=None, num_examples=None,

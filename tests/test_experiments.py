@@ -177,7 +177,9 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, data_dir):
     np.testing.assert_array_equal(a, b)
   rows_a = [r for r in summary.read_jsonl(os.path.join(straight, "metrics.jsonl")) if "loss" in r]
   rows_b = [r for r in summary.read_jsonl(os.path.join(resumed, "metrics.jsonl")) if "loss" in r]
-  assert rows_a[-1] == rows_b[-1]
+  timing = ("steps_per_s", "images_per_s")   # wall-clock rates differ between runs
+  drop_timing = lambda row: {k: v for k, v in row.items() if k not in timing}
+  assert drop_timing(rows_a[-1]) == drop_timing(rows_b[-1])
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
