@@ -1,6 +1,4 @@
 """Tests of hpunet_jax.config_lib's run config: what a tool uses for a run."""
-import json
-
 import pytest
 
 from configs import synthetic
