@@ -182,24 +182,25 @@ RUN_CONFIG_FILE = "config.json"
 DATA_IDENTITY_FIELDS = ("name", "image_size", "crop_size", "num_channels", "num_graders")
 
 
+def _from_json(reference, value):
+  """`value` read back from JSON, shaped as `reference` (sub-configs merged, lists to tuples)."""
+  if isinstance(reference, ml_collections.ConfigDict) and isinstance(value, dict):
+    for key, item in value.items():
+      with reference.unlocked():
+        reference[key] = _from_json(reference.get(key) if key in reference else None, item)
+    return reference
+  if isinstance(value, list) and (reference is None or isinstance(reference, tuple)):
+    return tuple(value)
+  return value
+
+
 def config_from_json(values) -> ml_collections.ConfigDict:
-  """Rebuilds a ConfigDict saved as JSON by the trainer (`config.json`; tuples restored)."""
-  base = base_config()
+  """Rebuilds a ConfigDict saved as JSON by the trainer (`config.json`; tuples restored).
 
-  def convert(reference, value):
-    if isinstance(value, list) and (reference is None or isinstance(reference, tuple)):
-      return tuple(value)
-    return value
-
-  for group, fields in values.items():
-    if group not in base:
-      base[group] = ml_collections.ConfigDict(fields)
-      continue
-    for key, value in fields.items():
-      reference = base[group].get(key) if key in base[group] else None
-      with base.unlocked():
-        base[group][key] = convert(reference, value)
-  return base
+  Starts from `base_config()`, so fields a run's file lacks keep their defaults;
+  nested groups (e.g. `data.augment`) are merged field by field.
+  """
+  return _from_json(base_config(), values)
 
 
 def load_run_config(workdir) -> ml_collections.ConfigDict:

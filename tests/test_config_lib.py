@@ -1,6 +1,7 @@
 """Tests of hpunet_jax.config_lib's run config: what a tool uses for a run."""
 import pytest
 
+from configs import lidc
 from configs import synthetic
 from hpunet_jax import config_lib
 
@@ -48,3 +49,14 @@ def test_apply_overrides_names_unknown_fields():
     config_lib.apply_overrides(config, {"model.bogus": 1})
   with pytest.raises(ValueError, match="modle.remat: the config has no group 'modle'"):
     config_lib.apply_overrides(config, {"modle.remat": True})
+
+
+def test_nested_groups_round_trip_and_take_overrides(tmp_path):
+  trained = lidc.get_config("tiny")                                # data.augment on
+  (tmp_path / "config.json").write_text(trained.to_json_best_effort())
+  config = config_lib.run_config(tmp_path, None, {"data.augment.max_scale": 1.1})
+  assert config.data.augment.enabled is True and config.data.augment.max_scale == 1.1
+  assert config.data.augment.elastic_spacing == trained.data.augment.elastic_spacing
+  assert config.data.augment.max_translation is None
+  assert config.to_dict() == {**trained.to_dict(), "data": {
+      **trained.data.to_dict(), "augment": {**trained.data.augment.to_dict(), "max_scale": 1.1}}}
