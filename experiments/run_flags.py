@@ -9,6 +9,8 @@ the field's type, as for training). With `--config=FILE`, that config is used
 instead, and if its data differ from the run's the tool stops unless
 `--allow_other_data` is given (`config_lib.run_config`).
 """
+import copy
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -36,7 +38,8 @@ def config(*, workdir_required=True):
   given = flags.FLAGS["config"].present
   try:
     return config_lib.run_config(
-        WORKDIR.value, CONFIG.value if given else None,
+        # A copy: callers (benchmarks.paired) change one config per variant.
+        WORKDIR.value, copy.deepcopy(CONFIG.value) if given else None,
         config_flags.get_override_values(flags.FLAGS["config"]),
         allow_other_data=ALLOW_OTHER_DATA.value)
   except (FileNotFoundError, ValueError) as e:

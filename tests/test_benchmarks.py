@@ -89,15 +89,15 @@ def test_paired_variants_parse_literals_and_name_bad_entries():
 def test_paired_variants_reach_any_group_and_augmentation_feeds_source_sized_examples():
   from absl import app, flags
   from benchmarks import paired, throughput
-  flags.FLAGS(["paired", "--config=tiny", "--size=16", "--augment_from=24"])
+  flags.FLAGS(["paired", "--config=configs/synthetic.py:tiny", "--size=16", "--augment_from=24"])
   try:
     on = paired.make_config({})
     off = paired.make_config({"data.augment.enabled": False, "remat": True})
     assert on.data.augment.enabled and throughput.input_size(on) == 24
     assert not off.data.augment.enabled and throughput.input_size(off) == 16
     assert off.model.remat
-    for bad, named in [({"data.bogus": 1}, "data has no field 'bogus'"),
-                       ({"nogroup.x": 1}, "config has no group 'nogroup'")]:
+    for bad, named in [({"data.bogus": 1}, "the config has no field 'data.bogus'"),
+                       ({"nogroup.x": 1}, "the config has no group 'nogroup'")]:
       try:
         paired.make_config(bad)
       except app.UsageError as e:
