@@ -11,7 +11,24 @@ One checkpoint per step in `<workdir>/checkpoints/<step>/`, holding two items:
 Orbax writes each step into a temporary directory and renames it only once
 every item is complete, so an interrupted save never looks like a checkpoint:
 `latest_step` only sees finished steps, and leftover temporary directories are
-deleted when the next `Checkpointer` opens the directory.
+deleted when the next (writing) `Checkpointer` opens the directory.
+
+Verification: orbax stores no checksums of the saved values (a flipped byte
+in a data file restores silently), so `save` adds one CRC-32 per array of the
+state to the `extra` item (key `_checksums`) and `restore` recomputes them on
+the restored arrays: a mismatch, or any error while reading, raises
+`CorruptCheckpointError` naming the step and the arrays that differ.
+`restore_newest_valid` walks back from the newest step to the newest one that
+verifies, warning about each one it skips, and deletes nothing;
+`set_aside(step)` moves a bad step out of the way (to `<directory>.corrupt/`)
+so that training can write that step again. Checkpoints without checksums
+(written before they existed) restore unverified.
+
+Save errors: an asynchronous save that fails (a full disk, a lost bucket) is
+reported by `check_for_errors()` (cheap; call it at every step boundary), by
+the next `save`, and by `wait_until_finished`/`close`, as a one-line
+`CheckpointSaveError` naming the step; the step's temporary directory is
+removed, or named in the error if it cannot be.
 
 PRNG keys: typed key arrays (`jax.random.key`) are stored as their raw key data
 (`jax.random.key_data`, uint32) and rebuilt from the restore target, so a
@@ -28,15 +45,43 @@ Example:
     ckpt.save(step, state, extra={"data_position": position})
 """
 import os
-from typing import Any, Optional
+import time
+from typing import Any, NamedTuple, Optional
+import zlib
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 _STATE = "state"
 _EXTRA = "extra"
+_CHECKSUMS = "_checksums"   # reserved key of the `extra` item
+_TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint cannot be read, or its arrays differ from their checksums."""
+
+
+class CheckpointSaveError(OSError):
+  """Writing a checkpoint failed (e.g. the disk is full)."""
+
+
+class Restored(NamedTuple):
+  """What `restore_newest_valid` found: the step, its state and extra, and the
+  newer steps that failed verification as `(step, reason)`."""
+  step: int
+  state: Any
+  extra: dict
+  bad_steps: list
+
+
+def _first_line(error) -> str:
+  text = str(error).strip().splitlines()
+  line = text[0] if text else type(error).__name__
+  return line if len(line) <= 400 else line[:400] + "..."
 
 
 def _is_typed_key(x):
@@ -85,6 +130,30 @@ def _path_str(path):
   return ".".join(parts)
 
 
+def _host_value(x):
+  """A host copy of leaf `x` to checksum, or None where this process cannot see all of it."""
+  if isinstance(x, jax.Array):
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    if x.is_fully_addressable:
+      return np.asarray(x)
+    return None   # sharded over processes: orbax's own checks are all there is
+  return np.asarray(x)
+
+
+def state_checksums(tree) -> dict:
+  """{leaf path: CRC-32 of dtype, shape and bytes} for the arrays of `tree`."""
+  sums = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(_to_key_data(tree))[0]:
+    value = _host_value(leaf)
+    if value is None:
+      continue
+    value = np.ascontiguousarray(value)
+    header = f"{value.dtype.str}{value.shape}".encode()
+    sums[_path_str(path)] = f"{zlib.crc32(value.tobytes(), zlib.crc32(header)):08x}"
+  return sums
+
+
 def _leaf_shapes(tree):
   """{path string: shape} for the leaves of `tree` (None leaves are skipped)."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -100,31 +169,43 @@ class Checkpointer:
 
   Args:
     directory: where the step directories go, conventionally
-      `<workdir>/checkpoints`; created if missing.
+      `<workdir>/checkpoints` (a local path or `gs://...`); created if missing,
+      unless `read_only`.
     max_to_keep: number of most recent checkpoints to keep (None: all).
     async_save: write in a background thread after copying the arrays to host
       memory; `save` then returns as soon as the copy is done, so the caller may
       donate or overwrite `state` right away.
+    read_only: for tools that only read a run (evaluate, sample): the
+      directory must exist (FileNotFoundError otherwise), nothing is created,
+      and a running job's temporary directories are left alone.
   """
 
   def __init__(self, directory, *, max_to_keep: Optional[int] = 3,
-               async_save: bool = True):
-    self._directory = os.path.abspath(os.fspath(directory))
+               async_save: bool = True, read_only: bool = False):
+    directory = epath.Path(directory)
+    if "://" not in os.fspath(directory):
+      directory = epath.Path(os.path.abspath(os.fspath(directory)))
+    self._directory = directory
+    self._read_only = read_only
+    if read_only and not directory.is_dir():
+      raise FileNotFoundError(f"no checkpoint directory {directory}")
+    self._pending = None   # the step of a save that may still be in flight
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
         enable_async_checkpointing=async_save,
-        # Removes temporary directories left by a save that was interrupted.
-        cleanup_tmp_directories=True,
-        create=True)
+        # Removes temporary directories left by a save that was interrupted;
+        # never from a reader, which would delete a running job's save.
+        cleanup_tmp_directories=not read_only,
+        create=not read_only)
     self._manager = ocp.CheckpointManager(
-        self._directory, options=options,
+        directory, options=options,
         # Named handlers let a fresh manager read metadata and restore without
         # having saved first (e.g. when resuming).
         item_handlers={_STATE: ocp.StandardCheckpointHandler(),
                        _EXTRA: ocp.JsonCheckpointHandler()})
 
   @property
-  def directory(self) -> str:
+  def directory(self) -> epath.Path:
     return self._directory
 
   def latest_step(self) -> Optional[int]:
@@ -139,6 +220,9 @@ class Checkpointer:
            wait: bool = False) -> bool:
     """Saves `state` (a pytree of arrays) and `extra` (a JSON dict) at `step`.
 
+    The arrays' checksums are computed here, before returning, so the caller
+    may donate `state` afterwards.
+
     Args:
       step: the training step; becomes the directory name.
       state: pytree of `jax.Array`s / numpy arrays (typed PRNG keys allowed).
@@ -149,22 +233,75 @@ class Checkpointer:
       True if a checkpoint was written; False if `step` is not newer than the
       latest checkpoint (e.g. the final save right after a resume), which is
       logged and skipped.
+
+    Raises:
+      CheckpointSaveError: this save, or the previous one still in flight, failed.
     """
+    if self._read_only:
+      raise PermissionError(f"{self._directory} was opened read-only")
     step = int(step)
+    self._finish_pending()   # orbax waits for the previous save anyway; this names its error
     latest = self._manager.latest_step()
     if latest is not None and step <= latest:
       logging.warning("Not saving step %d in %s: a checkpoint at step %d exists.",
                       step, self._directory, latest)
       return False
-    saved = self._manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(_to_key_data(state)),
-            _EXTRA: ocp.args.JsonSave(dict(extra or {})),
-        }))
+    extra = dict(extra or {})
+    if _CHECKSUMS in extra:
+      raise ValueError(f"extra: the key {_CHECKSUMS!r} is reserved")
+    extra[_CHECKSUMS] = state_checksums(state)
+    try:
+      saved = self._manager.save(
+          step,
+          args=ocp.args.Composite(**{
+              _STATE: ocp.args.StandardSave(_to_key_data(state)),
+              _EXTRA: ocp.args.JsonSave(extra),
+          }))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+    self._pending = step if saved else None
     if wait:
-      self._manager.wait_until_finished()
+      self.wait_until_finished()
     return saved
+
+  def _finish_pending(self):
+    """Waits for the in-flight save, if any; raises CheckpointSaveError if it failed."""
+    step, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+      self._manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+    if step is not None and not (self._directory / str(step)).exists():
+      raise self._save_error(step, "orbax did not commit it (see the error it logged)")
+
+  def _save_error(self, step, cause) -> CheckpointSaveError:
+    """A one-line error for a failed save of `step`; removes its temporary files."""
+    left, removed = [], []
+    if step is not None:
+      for tmp in self._directory.glob(f"{step}{_TMP_MARKER}*"):
+        try:
+          tmp.rmtree() if tmp.is_dir() else tmp.unlink()
+          removed.append(tmp.name)
+        except OSError:
+          left.append(os.fspath(tmp))
+    where = f"step {step}" if step is not None else "a checkpoint"
+    message = f"saving {where} in {self._directory} failed: {_first_line(cause)}"
+    if removed:
+      message += f"; removed its temporary files ({', '.join(removed)})"
+    if left:
+      message += f"; could not remove {', '.join(left)}"
+    return CheckpointSaveError(message)
+
+  def check_for_errors(self):
+    """Raises CheckpointSaveError if the last asynchronous save failed.
+
+    Does not block while that save is still running; call it at every step
+    boundary so that training stops soon after a failed save.
+    """
+    if self._pending is None or self._manager.is_saving_in_progress():
+      return
+    self._finish_pending()
 
   def restore(self, target: Any, step: Optional[int] = None) -> tuple[Any, dict]:
     """Restores the state saved at `step` (None: the latest) into `target`'s layout.
@@ -184,9 +321,11 @@ class Checkpointer:
     Raises:
       FileNotFoundError: no (such) checkpoint in the directory.
       ValueError: the checkpoint does not match `target`'s structure or shapes.
+      CorruptCheckpointError (a ValueError): the checkpoint cannot be read or
+        fails verification.
     """
     # A checkpoint this process is still writing must be complete before it is read.
-    self._manager.wait_until_finished()
+    self.wait_until_finished()
     steps = self.all_steps()
     if step is None:
       if not steps:
@@ -209,19 +348,92 @@ class Checkpointer:
               _STATE: ocp.args.StandardRestore(abstract),
               _EXTRA: ocp.args.JsonRestore(),
           }))
-    except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(
-          f"Cannot restore step {step} from {self._directory} into the given "
-          f"target: {e}") from e
+    except Exception as e:  # pylint: disable=broad-except
+      # The structure and shapes matched the metadata: the files are at fault.
+      raise CorruptCheckpointError(
+          f"checkpoint step {step} in {self._directory} cannot be read: {_first_line(e)}") from e
     restored_leaves = jax.tree.leaves(restored[_STATE])
     if len(restored_leaves) != len(leaves):
       raise ValueError(
           f"Checkpoint step {step} in {self._directory} has {len(restored_leaves)} "
           f"arrays, the target has {len(leaves)}.")
+    extra = dict(restored[_EXTRA] or {})
+    self._verify(step, jax.tree.unflatten(treedef, restored_leaves), extra.pop(_CHECKSUMS, None))
     state_leaves = [
         jax.random.wrap_key_data(x, impl=impl) if impl is not None else x
         for x, (_, impl) in zip(restored_leaves, abstract_and_impls)]
-    return jax.tree.unflatten(treedef, state_leaves), dict(restored[_EXTRA] or {})
+    return jax.tree.unflatten(treedef, state_leaves), extra
+
+  def _verify(self, step, restored, expected):
+    if expected is None:
+      logging.info("Checkpoint step %d in %s has no checksums (written before they existed); "
+                   "restored unverified.", step, self._directory)
+      return
+    actual = state_checksums(restored)
+    differ = sorted(k for k in expected if k in actual and actual[k] != expected[k])
+    missing = sorted(set(expected) - set(actual))
+    if differ or missing:
+      names = differ + missing
+      shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+      raise CorruptCheckpointError(
+          f"checkpoint step {step} in {self._directory} is corrupt: {len(names)} of "
+          f"{len(expected)} arrays differ from their checksums ({shown})")
+
+  def restore_newest_valid(self, target: Any) -> Optional[Restored]:
+    """Restores the newest checkpoint that can be read and verifies.
+
+    Each newer one that fails is logged as a warning naming it and the reason,
+    and left where it is (see `set_aside`).
+
+    Returns:
+      A `Restored`, or None if the directory has no checkpoint at all.
+
+    Raises:
+      CorruptCheckpointError: there are checkpoints, and none verifies (the
+        message lists each with its reason).
+      ValueError: the checkpoints do not match `target` (a config error, not
+        corruption: no fallback).
+    """
+    bad = []
+    for step in reversed(self.all_steps()):
+      try:
+        state, extra = self.restore(target, step)
+      except CorruptCheckpointError as e:
+        logging.warning("%s; trying the previous checkpoint. Step %d is kept for inspection.",
+                        e, step)
+        bad.append((step, str(e)))
+        continue
+      return Restored(step, state, extra, bad)
+    if not bad:
+      return None
+    raise CorruptCheckpointError(
+        f"no checkpoint in {self._directory} can be restored: "
+        + "; ".join(reason for _, reason in bad)
+        + f". Move {self._directory} aside to start the run afresh.")
+
+  def newest_verified_step(self, target: Any) -> Optional[int]:
+    """The newest step that restores into `target` and verifies (None if none)."""
+    for step in reversed(self.all_steps()):
+      try:
+        self.restore(target, step)
+      except (CorruptCheckpointError, ValueError):
+        continue
+      return step
+    return None
+
+  def set_aside(self, step: int) -> epath.Path:
+    """Moves checkpoint `step` to `<directory>.corrupt/` (never deletes it); returns where."""
+    if self._read_only:
+      raise PermissionError(f"{self._directory} was opened read-only")
+    source = self._directory / str(int(step))
+    corrupt = self._directory.parent / f"{self._directory.name}.corrupt"
+    corrupt.mkdir(parents=True, exist_ok=True)
+    destination = corrupt / str(int(step))
+    if destination.exists():
+      destination = corrupt / f"{int(step)}.{int(time.time())}"
+    source.rename(destination)
+    self._manager.reload()
+    return destination
 
   def _check_matches(self, step, abstract):
     """Raises a ValueError listing the leaves that differ from the checkpoint."""
@@ -252,12 +464,24 @@ class Checkpointer:
     raise ValueError("\n".join(lines))
 
   def wait_until_finished(self):
-    """Blocks until the in-flight save (if any) is complete."""
-    self._manager.wait_until_finished()
+    """Blocks until the in-flight save (if any) is complete.
+
+    Raises:
+      CheckpointSaveError: that save failed.
+    """
+    self._finish_pending()
 
   def close(self):
-    """Waits for in-flight saves and releases orbax's threads."""
-    self._manager.close()
+    """Waits for in-flight saves and releases orbax's threads.
+
+    Raises:
+      CheckpointSaveError: the last save failed (orbax's threads are released
+        all the same).
+    """
+    try:
+      self._finish_pending()
+    finally:
+      self._manager.close()
 
   def __enter__(self):
     return self
