@@ -213,6 +213,17 @@ def test_bad_data_stops_generation_naming_the_file(tmp_path, case):
       config=config, data_dir=tmp_path / "data", file_format="array_record"))
 
 
+def test_inferred_grader_count_names_the_first_image_when_it_lacks_a_mask(tmp_path):
+  tree = write_tree(tmp_path / "manual", size=(12, 10))
+  first = "train/images/LIDC-0001/z--120.0_c1.png"   # the first training image in order
+  _remove(tree / "train/gt/LIDC-0001/z--120.0_c1_l3.png")
+  with pytest.raises(lidc.LidcDataError) as error:
+    build(tmp_path / "data", tree, config="custom")
+  message = str(error.value)
+  assert message.startswith(os.fspath(tree / first)) and "\n" not in message
+  assert "found l0, l1, l2" in message and "mix" not in message
+
+
 def test_error_in_a_tarball_leaves_nothing_prepared(tmp_path):
   tree = write_tree(tmp_path / "tree", size=(180, 180))
   (tree / "test/gt/LIDC-0004/z-5.0_c0_l0.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")

@@ -24,6 +24,7 @@ Every example is validated while the dataset is generated (tfds writes into a
 temporary folder and renames it only on success), so a bad file stops the
 build with an error naming it and leaves no finished-looking dataset behind.
 """
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -118,7 +119,9 @@ def index_split(split_dir, num_graders=None):
 
   Args:
     split_dir: a folder holding `images/` and `gt/`.
-    num_graders: masks each image must have; None = as many as the first image.
+    num_graders: masks each image must have; None = as many as most images
+      have (not the first image's count: if the first image lacks a mask, the
+      error must name it, not a correct image after it).
 
   Returns:
     A list of `_Entry`, sorted by patient and file name, graders in numeric
@@ -147,6 +150,10 @@ def index_split(split_dir, num_graders=None):
           f"{path}: mask without an image (no {os.path.join(images_dir, patient, stem)}.png)")
     masks.setdefault((patient, stem), {})[int(match["grader"])] = path
 
+  if num_graders is None and masks:
+    counts = collections.Counter(len(graders) for graders in masks.values())
+    # The most common count (the larger one on a tie).
+    num_graders = max(counts, key=lambda count: (counts[count], count))
   entries = []
   for (patient, stem), (image_path, match) in images.items():
     graders = masks.get((patient, stem), {})
