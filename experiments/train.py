@@ -7,7 +7,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from hpunet_jax import trainer
+from hpunet_jax import config_lib, trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/synthetic.py (':tiny' shrinks it); override "
@@ -29,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -8,7 +8,10 @@ a tool (evaluate, sample, the benchmarks) uses for a run: the run's own
 overrides applied.
 """
 import json
+import re
+import sys
 
+from absl import app
 from etils import epath
 import ml_collections
 
@@ -270,3 +273,25 @@ def run_config(workdir, config=None, overrides=None, *, allow_other_data=False):
             f"data.{field}={theirs!r}; leave out --config to use the run's config, or pass "
             f"--allow_other_data to evaluate on other data")
   return config
+
+
+def parse_flags(argv):
+  """`absl.app.run`'s flag parser, with a one-line error for an unknown config field.
+
+  ml_collections reports `--config.model.foo=1` as a 55-line chained
+  AttributeError that only says `'foo'`; this prints
+  `--config.model.foo: the config has no field model.foo` and exits with 1,
+  as absl does for its own flag errors. Use as
+  `app.run(main, flags_parser=config_lib.parse_flags)`.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    match = re.search(r"'([^'\"]+)'", str(e))
+    name = match.group(1) if match else None
+    overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    culprits = [o[len("config."):] for o in overrides if name and o.split(".")[-1] == name]
+    culprit = culprits[0] if culprits else (name or str(e))
+    sys.stderr.write(f"FATAL Flags parsing error: --config.{culprit}: the config has no "
+                     f"field {culprit}\n")
+    sys.exit(1)
