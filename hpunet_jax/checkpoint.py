@@ -421,6 +421,10 @@ class Checkpointer:
       return step
     return None
 
+  def reload(self):
+    """Re-reads the directory (after another process changed it)."""
+    self._manager.reload()
+
   def set_aside(self, step: int) -> epath.Path:
     """Moves checkpoint `step` to `<directory>.corrupt/` (never deletes it); returns where."""
     if self._read_only:

@@ -1,10 +1,27 @@
 """The training job behind `experiments.train`: train, checkpoint, evaluate, log, draw.
 
-`train_and_evaluate(config, workdir)` resumes by itself from the latest
-checkpoint in `workdir/checkpoints` (parameters, optimiser, GECO state, RNG and
-the data iterator's position), so running the same command again continues a
-stopped run, and raising `train.num_steps` continues a finished one. SIGTERM
-(preemption) saves a checkpoint at the next step and returns.
+`train_and_evaluate(config, workdir)` resumes by itself from the newest
+checkpoint in `workdir/checkpoints` that verifies (parameters, optimiser, GECO
+state, RNG and the data iterator's position), so running the same command
+again continues a stopped run, and raising `train.num_steps` continues a
+finished one. SIGTERM (preemption) saves a checkpoint at the next step and
+returns.
+
+Crash consistency (see README, "What a run leaves"):
+
+* one writer: process 0 holds `workdir/lease.json` (`lease.WorkdirLease`) for
+  the whole run; a second run on the same workdir stops at once;
+* exactly-once records: on every start, records of `metrics.jsonl` and the
+  TensorBoard events after the restored step (all of them when there is no
+  checkpoint yet) are dropped, and each step's evaluation and figures are
+  written before that step's checkpoint is saved, so whatever a kill
+  interrupts is redone once; a finished run that is rerun does not evaluate
+  again;
+* verified checkpoints: a checkpoint that cannot be read or fails its
+  checksums is skipped with a warning for the newest one that verifies, and
+  moved to `workdir/checkpoints.corrupt/` (never deleted) so training can
+  write that step again;
+* a failed asynchronous save stops training at the next step.
 
 Every process trains; only process 0 writes metrics, `config.json` and
 figures; orbax coordinates the checkpoints.
@@ -21,8 +38,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from etils import epath
+
 from hpunet_jax import checkpoint as checkpoint_lib
-from hpunet_jax import config_lib, evaluation, figures, parallel, summary
+from hpunet_jax import config_lib, evaluation, figures, lease, parallel, summary
 from hpunet_jax.data import augment, pipeline
 from hpunet_jax.train import create_train_state, make_train_step
 
@@ -218,19 +237,85 @@ def _scalar_results(results):
           not isinstance(v, bool)}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _broadcast_flag(flag: bool) -> bool:
+  """Process 0's `flag` on every process."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
+def _acquire_lease(workdir, is_main):
+  """Process 0 takes the workdir's lease; every process stops if it cannot."""
+  held, error = None, None
+  if is_main:
+    try:
+      held = lease.WorkdirLease(workdir).acquire()
+    except lease.WorkdirBusyError as e:
+      error = e
+  if not _broadcast_flag(error is None):
+    raise error if error is not None else lease.WorkdirBusyError(
+        f"process 0 could not take the lease on {workdir}")
+  return held
+
+
+def _recorded_evaluation(workdir, step):
+  """The scalars of the `eval/` record at `step` in metrics.jsonl (None if there is none)."""
+  path = epath.Path(workdir) / summary.METRICS_FILE
+  if not path.exists():
+    return None
+  for record in reversed(summary.read_jsonl(path)):
+    if record.get("step") == step and any(k.startswith("eval/") for k in record):
+      return {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")}
+  return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains (resuming if `workdir` has checkpoints) and evaluates.
 
   Returns:
-    The last evaluation's results (see `evaluation.evaluate`), or {} if the
+    The last evaluation's results (see `evaluation.evaluate`; for a finished
+    run that is rerun, the scalars recorded in metrics.jsonl), or {} if the
     run stopped early on SIGTERM.
+
+  Raises:
+    lease.WorkdirBusyError: another live run holds `workdir`.
+    checkpoint.CheckpointSaveError: a checkpoint could not be written.
+    NonFiniteError: the loss or the gradient norm became NaN or Inf.
   """
   mesh = parallel.make_mesh()
-  model_cfg = config_lib.validate(config, num_devices=mesh.devices.size)
+  config_lib.validate(config, num_devices=mesh.devices.size)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  _check_config_matches(workdir, config)
+  workdir = os.fspath(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  held = _acquire_lease(workdir, is_main)
+  try:
+    return _train_and_evaluate(config, workdir, mesh, is_main, held)
+  finally:
+    if held is not None:
+      held.release()
 
+
+def _restore(checkpointer, state, workdir):
+  """The newest checkpoint that verifies: `(step, state, extra)`, or `(0, state, None)`."""
+  restored = checkpointer.restore_newest_valid(state)
+  if restored is None:
+    return 0, state, None
+  for bad_step, reason in restored.bad_steps:
+    moved = checkpointer.set_aside(bad_step) if jax.process_index() == 0 else None
+    logging.warning("Resuming from step %d instead of step %d (%s); step %d is kept in %s.",
+                    restored.step, bad_step, reason, bad_step, moved)
+  if restored.bad_steps and jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("bad checkpoints set aside")
+    checkpointer.reload()
+  logging.info("Resumed from the checkpoint at step %d in %s.", restored.step,
+               checkpointer.directory)
+  return restored.step, restored.state, restored.extra
+
+
+def _train_and_evaluate(config, workdir, mesh, is_main, held):
+  _check_config_matches(workdir, config)
   if is_main:
     pipeline.prepare(config.data)
   if jax.process_count() > 1:
@@ -247,24 +332,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = train_step.model
   _check_model_accepts_data(model, example, config)
   state = create_train_state(config, jax.random.key(config.train.seed), example, mesh=mesh)
+  # Shapes, dtypes and shardings of the state: the target for verifying
+  # checkpoints after `state` has been donated.
+  state_target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+      if isinstance(x, jax.Array) else x, state)
 
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
                                              max_to_keep=config.train.keep_checkpoints)
-  start_step = checkpointer.latest_step()
-  if start_step is not None:
-    state, extra = checkpointer.restore(state)
-    if "data_iterator" in extra:  # an imported workdir (release.py) starts the data afresh
-      train_iter.set_state(extra["data_iterator"])
-    logging.info("Resumed from the checkpoint at step %d in %s.", start_step,
-                 checkpointer.directory)
-  else:
-    start_step = 0
+  try:
+    start_step, state, extra = _restore(checkpointer, state, workdir)
+  except BaseException:
+    checkpointer.close()
+    raise
+  if extra is None:
     if config.train.get("init_from"):
       state = _init_params_from(config.train.init_from, state, mesh)
+  elif "data_iterator" in extra:  # an imported workdir (release.py) starts the data afresh
+    train_iter.set_state(extra["data_iterator"])
   if is_main:
     summary.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
-  writer = summary.MetricWriter(workdir, enabled=is_main,
-                                resume_step=start_step if start_step else None)
+  # Always resume at `start_step`: records after it (all, without a checkpoint)
+  # come from steps that will run again.
+  writer = summary.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   writer.write_text(start_step, {"config": f"```json\n{config.to_json_best_effort(indent=2)}\n```"})
   num_steps = config.train.num_steps
   progress = summary.Progress(num_steps, batch_size=config.train.batch_size,
@@ -272,6 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               else _print_and_log)
   figure_dir = os.path.join(workdir, FIGURE_DIR)
   results = {}
+  recorded = False
 
   def evaluate_and_draw(step):
     params = _local_copy(state.params["net"])
@@ -290,12 +381,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def save(step):
     checkpointer.save(step, state, {"data_iterator": train_iter.get_state()})
 
+  def step_boundary():
+    """Stops soon after a failed save or a lost lease, before more work is done."""
+    checkpointer.check_for_errors()
+    if held is not None:
+      held.check()
+
   pending = []
   step = start_step
   stopped_early = False
   try:
     with _Preemption() as preemption:
       while step < num_steps:
+        step_boundary()
         batch = next(train_iter)
         state, metrics = train_step(state, batch)
         step += 1
@@ -303,6 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last = step == num_steps
         log_now = step % config.train.log_every == 0 or last or step == start_step + 1
         checkpoint_now = step % config.train.checkpoint_every == 0 or last
+        evaluate_now = step % config.train.eval_every == 0 or last
         check_preemption = jax.process_count() == 1 or log_now or checkpoint_now
         preempted = check_preemption and preemption.any_process()
         if log_now or checkpoint_now or preempted:
@@ -317,6 +416,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             progress.update(s, {"loss": m["loss"], "rec_sum": m["rec_sum"],
                                 "kl_sum": m["kl_sum"],
                                 **({"lambda": m["lagmul"]} if "lagmul" in m else {})})
+        # Evaluation and figures before the checkpoint: a kill in between
+        # resumes from the previous checkpoint and redoes both.
+        if evaluate_now:
+          step_boundary()
+          results = evaluate_and_draw(step)
         if checkpoint_now or preempted:
           save(step)
         if preempted and not last:
@@ -324,21 +428,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           logging.warning("Stopped at step %d after SIGTERM; the checkpoint is saved. Run the "
                           "same command again to resume.", step)
           break
-        if step % config.train.eval_every == 0 or last:
-          results = evaluate_and_draw(step)
       if not stopped_early and step == start_step:  # nothing left to train
-        logging.info("Already trained to step %d (train.num_steps=%d).", step, num_steps)
-        results = evaluate_and_draw(step)
+        found = _recorded_evaluation(workdir, step) if is_main else None
+        if _broadcast_flag(found is not None):
+          logging.info("Already trained to step %d (train.num_steps=%d) and evaluated: the "
+                       "evaluation is in %s.", step, num_steps,
+                       os.path.join(workdir, summary.METRICS_FILE))
+          results, recorded = found or {}, True
+        else:
+          logging.info("Already trained to step %d (train.num_steps=%d).", step, num_steps)
+          results = evaluate_and_draw(step)
   except NonFiniteError as e:
-    checkpointer.wait_until_finished()
-    raise NonFiniteError(f"{e}; stopped. The last good checkpoint is step "
-                         f"{checkpointer.latest_step()} in {checkpointer.directory}") from None
+    writer.close()
+    try:
+      checkpointer.wait_until_finished()
+    except checkpoint_lib.CheckpointSaveError as save_error:
+      logging.error("%s", save_error)
+    good = checkpointer.newest_verified_step(state_target)
+    _close_quietly(checkpointer)
+    raise NonFiniteError(f"{e}; stopped. The last good checkpoint is step {good} in "
+                         f"{checkpointer.directory}") from None
+  except BaseException:
+    _close_quietly(checkpointer)   # the error at hand matters more than a failed save
+    writer.close()
+    raise
+  try:
+    checkpointer.close()            # raises CheckpointSaveError if the last save failed
   finally:
-    checkpointer.wait_until_finished()
-    checkpointer.close()
     writer.close()
 
-  if results and is_main:
+  if results and is_main and not recorded:
     _print_and_log(f"Evaluation on {config.eval.split} at step {step} "
                    f"({results['num_images']} images, {config.eval.num_samples} samples each):\n"
                    + evaluation.format_table(results))
@@ -346,6 +465,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    f"{os.path.join(workdir, summary.METRICS_FILE)}; TensorBoard: "
                    f"tensorboard --logdir {workdir}")
   return results
+
+
+def _close_quietly(checkpointer):
+  try:
+    checkpointer.close()
+  except checkpoint_lib.CheckpointSaveError as e:
+    logging.error("%s", e)
 
 
 class _QuietLibraries:
@@ -379,18 +505,21 @@ def restore_params(workdir, config=None, *, step=None):
   if config is None:
     config = config_lib.load_run_config(workdir)
   config_lib.validate(config)
-  if not (epath.Path(workdir) / CHECKPOINT_DIR).is_dir():  # a reader creates nothing there
-    raise FileNotFoundError(f"no checkpoint in {epath.Path(workdir) / CHECKPOINT_DIR}")
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
+  # Read-only: creates nothing in the workdir, leaves a running job's saves alone.
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+                                             read_only=True)
   try:
-    step = step if step is not None else checkpointer.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
     train_step = make_train_step(config)
     image_size = config.data.crop_size or config.data.image_size
     example = _example_batch(config, image_size)
     target = create_train_state(config, jax.random.key(0), example, mesh=train_step.mesh)
-    state, _ = checkpointer.restore(target, step)
+    if step is None:   # the newest that verifies; warns about newer ones that do not
+      restored = checkpointer.restore_newest_valid(target)
+      if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+      state, step = restored.state, restored.step
+    else:
+      state, _ = checkpointer.restore(target, step)
   finally:
     checkpointer.close()
   return config, train_step.model, _local_copy(state.params["net"]), step
