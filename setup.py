@@ -25,7 +25,7 @@ setup(
         "google-crc32c>=1.5",
         "protobuf>=4.25",  # message_factory.GetMessageClass
         "ml_dtypes>=0.2",
-        "etils[epath]>=1.5",
+        "etils[epath]>=1.5",  # paths that may be gs:// (lease, checkpoints, release)
         "numpy>=1.26",
         "scipy>=1.13",
         "pillow>=10.1",  # PNG reading and writing, figure text (ImageFont.load_default(size)), docs/augmentation.png
