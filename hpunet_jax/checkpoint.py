@@ -45,6 +45,7 @@ Example:
     ckpt.save(step, state, extra={"data_position": position})
 """
 import os
+import re
 import time
 from typing import Any, NamedTuple, Optional
 import zlib
@@ -79,9 +80,15 @@ class Restored(NamedTuple):
 
 
 def _first_line(error) -> str:
-  text = str(error).strip().splitlines()
-  line = text[0] if text else type(error).__name__
-  return line if len(line) <= 400 else line[:400] + "..."
+  """`error` as one readable line: tensorstore's specs dropped, the cause kept.
+
+  Tensorstore errors run to kilobytes of JSON spec; the OS error (e.g. "No
+  space left on device") comes last, so a long line keeps its head and tail.
+  """
+  text = re.sub(r"\s*\[tensorstore_spec(\[\d+\])?='.*?'\]", "", str(error), flags=re.S)
+  lines = text.strip().splitlines()
+  line = lines[0] if lines else type(error).__name__
+  return line if len(line) <= 600 else f"{line[:250]} ... {line[-300:]}"
 
 
 def _is_typed_key(x):

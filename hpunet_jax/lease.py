@@ -160,8 +160,15 @@ class WorkdirLease:
 
   def _overwrite(self, record: dict):
     tmp = self.path.with_name(f"{LEASE_FILE}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(self.path)
+    try:
+      tmp.write_text(json.dumps(record))
+      tmp.replace(self.path)
+    except OSError:
+      try:
+        tmp.unlink()   # e.g. a full disk: leave nothing behind
+      except OSError:
+        pass
+      raise
 
   # -- the lease ---------------------------------------------------------------
 

@@ -381,9 +381,17 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
   def save(step):
     checkpointer.save(step, state, {"data_iterator": train_iter.get_state()})
 
-  def step_boundary():
-    """Stops soon after a failed save or a lost lease, before more work is done."""
-    checkpointer.check_for_errors()
+  def step_boundary(wait=False):
+    """Stops soon after a failed save or a lost lease, before more work is done.
+
+    A save still in flight is not waited for (`wait=False`: training steps go
+    on while it writes), except before an evaluation, which takes longer than
+    the save and must not start after a failed one.
+    """
+    if wait:
+      checkpointer.wait_until_finished()
+    else:
+      checkpointer.check_for_errors()
     if held is not None:
       held.check()
 
@@ -419,7 +427,7 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
         # Evaluation and figures before the checkpoint: a kill in between
         # resumes from the previous checkpoint and redoes both.
         if evaluate_now:
-          step_boundary()
+          step_boundary(wait=True)
           results = evaluate_and_draw(step)
         if checkpoint_now or preempted:
           save(step)
