@@ -21,7 +21,8 @@ Crash consistency (see README, "What a run leaves"):
   checksums is skipped with a warning for the newest one that verifies, and
   moved to `workdir/checkpoints.corrupt/` (never deleted) so training can
   write that step again;
-* a failed asynchronous save stops training at the next step.
+* a failed asynchronous save stops training at the next step boundary after
+  it failed, at the latest before the next evaluation or save.
 
 Every process trains; only process 0 writes metrics, `config.json` and
 figures; orbax coordinates the checkpoints.
@@ -296,15 +297,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       held.release()
 
 
-def _restore(checkpointer, state, workdir):
-  """The newest checkpoint that verifies: `(step, state, extra)`, or `(0, state, None)`."""
+def _restore(checkpointer, state):
+  """The newest checkpoint that verifies: `(step, state, extra)`, or `(0, state, None)`.
+
+  Newer checkpoints that fail are moved aside (process 0 moves them), so that
+  training can write those steps again.
+  """
   restored = checkpointer.restore_newest_valid(state)
   if restored is None:
     return 0, state, None
   for bad_step, reason in restored.bad_steps:
-    moved = checkpointer.set_aside(bad_step) if jax.process_index() == 0 else None
-    logging.warning("Resuming from step %d instead of step %d (%s); step %d is kept in %s.",
-                    restored.step, bad_step, reason, bad_step, moved)
+    if jax.process_index() == 0:
+      moved = checkpointer.set_aside(bad_step)
+      logging.warning("Resuming from step %d instead of step %d (%s); step %d is kept in %s.",
+                      restored.step, bad_step, reason, bad_step, moved)
   if restored.bad_steps and jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("bad checkpoints set aside")
@@ -341,7 +347,7 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
                                              max_to_keep=config.train.keep_checkpoints)
   try:
-    start_step, state, extra = _restore(checkpointer, state, workdir)
+    start_step, state, extra = _restore(checkpointer, state)
   except BaseException:
     checkpointer.close()
     raise
