@@ -14,7 +14,7 @@ from etils import epath
 import jax
 
 from experiments import run_flags
-from hpunet_jax import evaluation, summary, trainer
+from hpunet_jax import config_lib, evaluation, summary, trainer
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -51,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -21,7 +21,7 @@ checkpoint of the release's LIDC sizes written by the fixture generator).
 from absl import app, flags
 from ml_collections import config_flags
 
-from hpunet_jax import release, trainer
+from hpunet_jax import config_lib, release, trainer
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", release.RELEASE_URL,
@@ -50,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -10,6 +10,7 @@ instead, and if its data differ from the run's the tool stops unless
 `--allow_other_data` is given (`config_lib.run_config`).
 """
 import copy
+import sys
 
 from absl import app
 from absl import flags
@@ -20,11 +21,16 @@ from hpunet_jax import config_lib
 WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder (config.json, checkpoints/).")
 # The default is config_lib's `get_config` (= base_config()): overrides of any
 # field parse without --config, and are then applied to the run's config.json.
-CONFIG = config_flags.DEFINE_config_file(
-    "config", config_lib.__file__,
-    "A config file (e.g. configs/synthetic.py) to use instead of the run's config.json. "
-    "Override any field with --config.<group>.<field>=value, with or without it.",
-    lock_config=True)
+# With a default file, ml_collections applies the command line's overrides
+# already here, at definition: an unknown field fails now, not at parsing.
+try:
+  CONFIG = config_flags.DEFINE_config_file(
+      "config", config_lib.__file__,
+      "A config file (e.g. configs/synthetic.py) to use instead of the run's config.json. "
+      "Override any field with --config.<group>.<field>=value, with or without it.",
+      lock_config=True)
+except (AttributeError, KeyError) as e:
+  config_lib.exit_on_unknown_field(e, sys.argv)
 ALLOW_OTHER_DATA = flags.DEFINE_bool(
     "allow_other_data", False,
     "Accept a --config whose data (name, sizes, graders) differ from those the run was "

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from experiments import run_flags
-from hpunet_jax import release, trainer
+from hpunet_jax import config_lib, release, trainer
 
 _OUTPUT = flags.DEFINE_string("output", None, "Output PNG path.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "Samples per image (as the training "
@@ -70,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

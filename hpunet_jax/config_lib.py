@@ -287,11 +287,21 @@ def parse_flags(argv):
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:
-    match = re.search(r"'([^'\"]+)'", str(e))
-    name = match.group(1) if match else None
-    overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-    culprits = [o[len("config."):] for o in overrides if name and o.split(".")[-1] == name]
-    culprit = culprits[0] if culprits else (name or str(e))
-    sys.stderr.write(f"FATAL Flags parsing error: --config.{culprit}: the config has no "
-                     f"field {culprit}\n")
-    sys.exit(1)
+    exit_on_unknown_field(e, argv)
+
+
+def exit_on_unknown_field(error, argv):
+  """Prints `--config.<field>: the config has no field <field>` for `error` and exits with 1.
+
+  `error` is the AttributeError/KeyError ml_collections raises for an unknown
+  `--config.<field>=` override in `argv`: at flag parsing, or already when a
+  config flag with a default file is defined (`experiments.run_flags`).
+  """
+  match = re.search(r"'([^'\"]+)'", str(error))
+  name = match.group(1) if match else None
+  overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+  culprits = [o[len("config."):] for o in overrides if name and o.split(".")[-1] == name]
+  culprit = culprits[0] if culprits else (name or str(error))
+  sys.stderr.write(f"FATAL Flags parsing error: --config.{culprit}: the config has no "
+                   f"field {culprit}\n")
+  sys.exit(1)

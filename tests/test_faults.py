@@ -259,6 +259,17 @@ def test_unknown_override_is_named_in_one_line(tmp_path, data_dir):
   assert len(lines) == 1 and "model.foo" in lines[0], proc.stderr[-3000:]
 
 
+@pytest.mark.parametrize("module", ["experiments.evaluate", "experiments.sample"])
+def test_unknown_override_of_a_reading_tool_is_named_in_one_line(tmp_path, module):
+  # These tools' --config has a default file, so ml_collections applies the
+  # overrides when the flag is defined, before any flag parser runs.
+  proc = _run([sys.executable, "-m", module, f"--workdir={tmp_path}", "--config.eval.foo=1"],
+              timeout=120)
+  assert proc.returncode == 1
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "eval.foo" in lines[0], proc.stderr[-3000:]
+
+
 def test_evaluate_on_a_mistyped_workdir_creates_nothing(tmp_path, data_dir):
   typo = tmp_path / "typo"
   proc = _run([sys.executable, "-m", "experiments.evaluate", "--config=configs/synthetic.py:tiny",
