@@ -18,11 +18,6 @@ from PIL import Image, ImageDraw
 from configs import lidc
 from hpunet_jax.data import augment
 
-flags.DEFINE_string("out", "docs/augmentation.png", "Where to write the PNG.")
-flags.DEFINE_integer("num_examples", 3, "Rows.")
-flags.DEFINE_integer("seed", 0, "Seed of the stand-in examples and the augmentation.")
-FLAGS = flags.FLAGS
-
 GAP = 4
 LABEL_HEIGHT = 14
 
@@ -92,9 +87,15 @@ def draw(num_examples=3, seed=0):
 
 def main(argv):
   del argv
-  Image.fromarray(draw(FLAGS.num_examples, FLAGS.seed)).save(FLAGS.out)
-  print(f"Wrote {FLAGS.out}")
+  flag = flags.FLAGS
+  Image.fromarray(draw(flag.num_examples, flag.seed)).save(flag.out)
+  print(f"Wrote {flag.out}")
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: the tests import `draw` beside the benchmarks,
+  # whose `--seed` would clash with this one in absl's global flag registry.
+  flags.DEFINE_string("out", "docs/augmentation.png", "Where to write the PNG.")
+  flags.DEFINE_integer("num_examples", 3, "Rows.")
+  flags.DEFINE_integer("seed", 0, "Seed of the stand-in examples and the augmentation.")
   app.run(main)

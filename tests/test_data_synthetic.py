@@ -128,6 +128,8 @@ def test_plain_tfds_calls_build_and_read_array_record(tmp_path):
 
 def test_generation_logs_progress_with_rate_and_eta(tmp_path, caplog):
   caplog.set_level(logging.INFO)
+  # absl sets its own logger to WARNING once any earlier test has parsed absl flags.
+  caplog.set_level(logging.INFO, logger="absl")
   _build(tmp_path, seed=5)
   lines = [r.getMessage() for r in caplog.records
            if r.getMessage().startswith("Generating synthetic_multiscale/tiny5 train: ")]
