@@ -1,0 +1,128 @@
+"""The training CLI as a two-process job on localhost, as a pod or a SLURM job runs it.
+
+Two processes of `python -m experiments.train --distributed` find each other
+through `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`
+(the variables the README documents), talk through gloo, share one workdir and
+one data_dir, are preempted by a SIGTERM to process 1 only, and resume. Their
+metrics must equal those of one process with the same global batch.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from hpunet_jax import summary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=configs/synthetic.py:tiny"
+TIMEOUT_S = 240
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _env(**extra):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
+  env.pop("XLA_FLAGS", None)   # one CPU device per process
+  return env
+
+
+def _start(args, num_processes, port):
+  procs = []
+  for process_id in range(num_processes):
+    env = _env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
+               JAX_PROCESS_ID=str(process_id))
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", TINY, "--distributed", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+def _finish(procs, timeout=TIMEOUT_S):
+  outputs = []
+  try:
+    for proc in procs:
+      outputs.append(proc.communicate(timeout=timeout)[0])
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  for i, (proc, output) in enumerate(zip(procs, outputs)):
+    assert proc.returncode == 0, f"process {i} failed ({proc.returncode}):\n{output[-4000:]}"
+  return outputs
+
+
+def _records(workdir):
+  return summary.read_jsonl(os.path.join(workdir, summary.METRICS_FILE))
+
+
+def _event_files(workdir):
+  return sorted(n for n in os.listdir(workdir) if n.startswith("events.out.tfevents"))
+
+
+def test_two_processes_preempted_resume_and_match_one_process(tmp_path):
+  data_dir, workdir, single = tmp_path / "tfds", tmp_path / "run", tmp_path / "single"
+  common = [f"--config.data.data_dir={data_dir}", "--config.train.log_every=1",
+            "--config.train.checkpoint_every=100000", "--config.train.eval_every=100000",
+            "--config.eval.num_samples=4"]
+
+  # Preemption: a SIGTERM to process 1 alone stops both at the same step, with a checkpoint.
+  procs = _start([f"--workdir={workdir}", *common, "--config.train.num_steps=100000"], 2,
+                 _free_port())
+  deadline = time.time() + TIMEOUT_S
+  head = []
+  try:
+    for line in procs[0].stdout:
+      head.append(line)
+      if line.startswith("step 2/"):
+        break
+      assert time.time() < deadline, "".join(head)[-4000:]
+    else:
+      raise AssertionError("process 0 ended before step 2:\n" + "".join(head)[-4000:])
+    procs[1].send_signal(signal.SIGTERM)
+  finally:
+    outputs = _finish(procs)
+  stopped = [int(o.split("Stopped at step ")[1].split()[0]) for o in outputs
+             if "Stopped at step " in o]
+  assert len(stopped) == 2 and stopped[0] == stopped[1], outputs
+  preempted_at = stopped[0]
+  assert sorted(int(n) for n in os.listdir(workdir / "checkpoints")
+                if n.isdigit()) == [preempted_at]
+
+  # Rerunning the same command (with a reachable end) resumes, trains on, evaluates and draws.
+  num_steps = preempted_at + 2
+  _finish(_start([f"--workdir={workdir}", *common, f"--config.train.num_steps={num_steps}"], 2,
+                 _free_port()))
+  assert f"{num_steps}" in os.listdir(workdir / "checkpoints")
+  assert any(n.startswith(f"step_{num_steps:07d}") for n in os.listdir(workdir / "figures"))
+  # Only process 0 writes: one event file per start, every step logged once.
+  assert len(_event_files(workdir)) == 2
+  records = _records(workdir)
+  train = [r for r in records if "loss" in r]
+  assert [r["step"] for r in train] == list(range(1, num_steps + 1))
+  assert sum(any(k.startswith("eval/") for k in r) for r in records) == 1
+
+  # One process, the same global batch.
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train", TINY, f"--workdir={single}", *common,
+       f"--config.train.num_steps={num_steps}"],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  expected = _records(single)
+  assert [r["step"] for r in expected] == [r["step"] for r in records]
+  for got, want in zip(records, expected):
+    for key, value in want.items():
+      if key.endswith("_per_s"):   # wall-clock rates
+        continue
+      if isinstance(value, (int, float)):
+        np.testing.assert_allclose(got[key], value, rtol=2e-4, atol=1e-5,
+                                   err_msg=f"{key} at step {want['step']}")
