@@ -25,13 +25,17 @@ setup(
         "google-crc32c>=1.5",
         "protobuf>=4.25",  # message_factory.GetMessageClass
         "ml_dtypes>=0.2",
-        "etils[epath]>=1.5",  # paths that may be gs:// (lease, checkpoints, release)
         "numpy>=1.26",
         "scipy>=1.13",
         "pillow>=10.1",  # PNG reading and writing, figure text (ImageFont.load_default(size)), docs/augmentation.png
-        "etils[epath]>=1.7",
+        "etils[epath]>=1.7",  # every path the package reads or writes (local, gs://, ...)
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
-    # tensorboard: the tests read the event files back with its EventAccumulator.
-    extras_require={"test": ["pytest>=8.0", "tensorboard>=2.15"]},
+    extras_require={
+        # gs:// workdirs and data dirs: etils.epath reaches them through fsspec's gcsfs.
+        "gcs": ["fsspec>=2024.2", "gcsfs>=2024.2"],
+        # tensorboard: the tests read the event files back with its EventAccumulator;
+        # fsspec: the object-store test serves gs:// from a local folder.
+        "test": ["pytest>=8.0", "tensorboard>=2.15", "fsspec>=2024.2"],
+    },
 )

@@ -11,9 +11,17 @@ has no NaN), so `float(value)` turns every value back into a number.
 
 Only process 0 should write: construct the writer with
 `enabled=jax.process_index() == 0` on every process.
+
+Paths are `etils.epath` paths: the workdir may be local or on an object store
+(`gs://bucket/run`, with `pip install 'hpunet-jax[gcs]'`). Object stores
+cannot append, so there `metrics.jsonl` and the event file are kept in memory
+and rewritten whole at every flush (each object write replaces the previous
+one atomically; TensorFlow's own GCS writer does the same).
 """
+import io
 import json
 import math
+import os
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -21,8 +29,50 @@ from absl import logging
 from etils import epath
 import numpy as np
 import tensorboardX
+from tensorboardX import record_writer as tensorboardx_record_writer
 
 METRICS_FILE = "metrics.jsonl"
+# Schemes that etils.epath opens through fsspec (gs://, s3://, az://).
+_OBJECT_STORE_SCHEMES = ("gs", "s3", "az")
+
+
+def is_local(path) -> bool:
+  """Whether `path` is on the local file system (not `gs://...` or another object store)."""
+  return "://" not in os.fspath(path)
+
+
+class _EventFile:
+  """A tensorboardX record file on any epath path: rewritten whole at every flush."""
+
+  def __init__(self, path):
+    self._path = epath.Path(path)
+    self._buffer = io.BytesIO()
+    self._written = 0
+
+  def write(self, data):
+    self._buffer.write(data)
+
+  def flush(self):
+    if self._buffer.tell() != self._written:
+      self._path.write_bytes(self._buffer.getvalue())
+      self._written = self._buffer.tell()
+
+  def close(self):
+    self.flush()
+
+
+class _EventFileFactory:
+  """tensorboardX's hook for non-local log dirs; replaces its own google-cloud-storage writer."""
+
+  def open(self, path):
+    return _EventFile(path)
+
+  def directory_check(self, path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+for _scheme in _OBJECT_STORE_SCHEMES:
+  tensorboardx_record_writer.register_writer_factory(_scheme, _EventFileFactory())
 
 
 # ---------------------------------------------------------------------------
@@ -99,11 +149,32 @@ def _to_float(name: str, value) -> float:
   return float(array.reshape(()))
 
 
+class _RewrittenFile:
+  """Append-only text on an object store: the whole (small) file is rewritten at each flush."""
+
+  def __init__(self, path):
+    self._path = epath.Path(path)
+    self._text = self._path.read_text() if self._path.exists() else ""
+    self._dirty = False
+
+  def write(self, text):
+    self._text += text
+    self._dirty = True
+
+  def flush(self):
+    if self._dirty:
+      self._path.write_text(self._text)
+      self._dirty = False
+
+  def close(self):
+    self.flush()
+
+
 class MetricWriter:
   """Writes scalar metrics to `metrics.jsonl` and TensorBoard; figures and text to TensorBoard.
 
   Args:
-    workdir: directory of the run; created if missing.
+    workdir: directory of the run (any `etils.epath` path); created if missing.
     enabled: False on processes other than 0: then nothing is written at all.
     resume_step: when resuming from a checkpoint at this step, lines of
       `metrics.jsonl` with a larger step are dropped (they were logged after
@@ -123,11 +194,12 @@ class MetricWriter:
     self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
     if resume_step is not None:
       _truncate_jsonl(self.metrics_path, resume_step)
-    self._jsonl = self.metrics_path.open("a")
+    self._jsonl = (self.metrics_path.open("a") if is_local(self.metrics_path)
+                   else _RewrittenFile(self.metrics_path))
     # tensorboardX names files by the second and opens them with "wb": the
     # suffix keeps two writers started in the same second apart.
     self._tensorboard = tensorboardX.SummaryWriter(
-        logdir=str(workdir), purge_step=None if resume_step is None else resume_step + 1,
+        logdir=os.fspath(epath.Path(workdir)), purge_step=None if resume_step is None else resume_step + 1,
         filename_suffix=f".{time.time_ns()}")
 
   def write(self, step: int, scalars: Mapping[str, Any], *, prefix: str = ""):
