@@ -96,20 +96,25 @@ class _Entry:
 
 def _sorted_listdir(path):
   # Hidden files (.DS_Store, ._foo from macOS tar) are never data.
-  return sorted(n for n in os.listdir(path) if not n.startswith("."))
+  return sorted(p.name for p in epath.Path(path).iterdir() if not p.name.startswith("."))
+
+
+def _join(*parts) -> str:
+  """`os.path.join` for any epath path (a gs:// manual_dir included)."""
+  return os.fspath(epath.Path(parts[0]).joinpath(*parts[1:]))
 
 
 def _list_pngs(root, pattern, kind):
   """Yields `(patient, filename, match)` for every file under `root/<patient>/`."""
   for patient in _sorted_listdir(root):
-    patient_dir = os.path.join(root, patient)
-    if not os.path.isdir(patient_dir):
+    patient_dir = _join(root, patient)
+    if not epath.Path(patient_dir).is_dir():
       raise LidcDataError(f"{patient_dir}: expected a patient folder in {root}, found a file")
     for name in _sorted_listdir(patient_dir):
       match = pattern.match(name)
       if match is None:
         raise LidcDataError(
-            f"{os.path.join(patient_dir, name)}: not a {kind} file name "
+            f"{_join(patient_dir, name)}: not a {kind} file name "
             f"(expected {'z-<z>_c<crop>.png' if kind == 'image' else 'z-<z>_c<crop>_l<k>.png'})")
       yield patient, name, match
 
@@ -132,22 +137,22 @@ def index_split(split_dir, num_graders=None):
       a file name does not follow the layout, an image lacks masks, a mask has
       no image, or an image's masks mix `l0..` and `l1..` numbering.
   """
-  images_dir = os.path.join(split_dir, "images")
-  gt_dir = os.path.join(split_dir, "gt")
+  images_dir = _join(split_dir, "images")
+  gt_dir = _join(split_dir, "gt")
   for folder in (images_dir, gt_dir):
-    if not os.path.isdir(folder):
+    if not epath.Path(folder).is_dir():
       raise LidcDataError(f"{folder}: folder missing (expected images/ and gt/ in {split_dir})")
 
   images = {}
   for patient, name, match in _list_pngs(images_dir, _IMAGE_RE, "image"):
-    images[(patient, name[:-len(".png")])] = (os.path.join(images_dir, patient, name), match)
+    images[(patient, name[:-len(".png")])] = (_join(images_dir, patient, name), match)
   masks = {}
   for patient, name, match in _list_pngs(gt_dir, _MASK_RE, "mask"):
     stem = f"z-{match['z']}_c{match['crop']}"
-    path = os.path.join(gt_dir, patient, name)
+    path = _join(gt_dir, patient, name)
     if (patient, stem) not in images:
       raise LidcDataError(
-          f"{path}: mask without an image (no {os.path.join(images_dir, patient, stem)}.png)")
+          f"{path}: mask without an image (no {_join(images_dir, patient, stem)}.png)")
     masks.setdefault((patient, stem), {})[int(match["grader"])] = path
 
   if num_graders is None and masks:
@@ -160,7 +165,7 @@ def index_split(split_dir, num_graders=None):
     count = num_graders if num_graders is not None else len(graders)
     if not count or set(graders) not in (set(range(count)), set(range(1, count + 1))):
       found = ", ".join(f"l{k}" for k in sorted(graders)) or "none"
-      where = os.path.join(gt_dir, patient)
+      where = _join(gt_dir, patient)
       if 0 in graders and count in graders:
         raise LidcDataError(
             f"{image_path}: its masks in {where} mix l0..l{count - 1} and l1..l{count} "
@@ -281,6 +286,11 @@ def extract_tarball(tarball, extract_root):
   The folder is named after the tarball's path, size and modification time, so a
   replaced tarball is unpacked afresh; it appears (by rename) only when complete.
   """
+  if "://" in os.fspath(tarball):   # on an object store: tarfile needs a local file
+    local = os.path.join(extract_root, "tarballs", os.path.basename(os.fspath(tarball)))
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    epath.Path(tarball).copy(epath.Path(local), overwrite=True)
+    tarball = local
   stat = os.stat(tarball)
   tag = hashlib.sha1(f"{os.path.realpath(tarball)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
   name = os.path.basename(tarball).split(".")[0]
@@ -301,8 +311,8 @@ def extract_tarball(tarball, extract_root):
 
 def _split_root(extracted, folder):
   """The folder holding `images/` and `gt/` in an extracted tarball, or None."""
-  for root in (os.path.join(extracted, folder), extracted):
-    if os.path.isdir(os.path.join(root, "images")):
+  for root in (_join(extracted, folder), extracted):
+    if epath.Path(root, "images").is_dir():
       return root
   return None
 
@@ -369,16 +379,16 @@ class LidcCrops(tfds.core.GeneratorBasedBuilder):
   def _find_split_dirs(self, dl_manager):
     """Returns {tfds split: folder with images/ and gt/}, from manual_dir or a download."""
     try:
-      manual_dir = os.fspath(dl_manager.manual_dir)
+      manual_dir = epath.Path(dl_manager.manual_dir)
     except AssertionError:  # tfds' way of saying "no manual_dir or it is empty".
       manual_dir = None
     sources = {}
     if manual_dir is not None:
       for split, folder in SPLIT_FOLDERS.items():
-        if os.path.isdir(os.path.join(manual_dir, folder)):
-          sources[split] = ("dir", os.path.join(manual_dir, folder))
-        elif os.path.isfile(os.path.join(manual_dir, f"{folder}.tar.gz")):
-          sources[split] = ("tar", os.path.join(manual_dir, f"{folder}.tar.gz"))
+        if (manual_dir / folder).is_dir():
+          sources[split] = ("dir", os.fspath(manual_dir / folder))
+        elif (manual_dir / f"{folder}.tar.gz").is_file():
+          sources[split] = ("tar", os.fspath(manual_dir / f"{folder}.tar.gz"))
     if not sources:
       if not self.builder_config.download:
         raise LidcDataError(

@@ -12,9 +12,16 @@ Config group `data` (see `default_config`):
   name: 'synthetic_multiscale[/default|/small]', 'lidc_crops[/default]',
     'lidc_crops/custom', 'lidc_crops/<your name>' (your data with the sizes
     below fixed) or 'fake'.
-  data_dir: tfds data dir (None = tfds default).
+  data_dir: tfds data dir (None = tfds default): a local folder, or a folder
+    on an object store (`gs://bucket/tfds`, any `etils.epath` path). The array
+    files are read through local files, so an object-store data_dir is
+    mirrored: `prepare` builds the dataset in a local mirror
+    (`$TMPDIR/hpunet_jax_data/...`) and uploads it; every process reading it
+    downloads it into its host's mirror once. On several hosts, data_dir must
+    be shared (an object store or a shared file system): a folder local to
+    each host stops the run before training (`prepare_on_all_processes`).
   manual_dir: folder with the LIDC tarballs or extracted folders (None = tfds'
-    `<data_dir>/downloads/manual`).
+    `<data_dir>/downloads/manual`); local or on an object store.
   crop_size: centre crop (or random crop, below) to `crop_size` squared; None = none.
     With `augment.enabled` the training examples stay uncropped: the
     augmentation cuts them to `crop_size` on device (evaluation still
@@ -30,9 +37,13 @@ Config group `data` (see `default_config`):
   augment: on-device spatial augmentation in the train step
     (`hpunet_jax.data.augment`; off by default).
 """
+import hashlib
 import os
+import tempfile
+import time
 
 from absl import logging
+from etils import epath
 import grain
 import ml_collections
 import numpy as np
@@ -101,15 +112,90 @@ def validate_config(data_config):
       raise ValueError(f"data.num_channels={data_config.num_channels!r}: need a positive int")
   manual_dir = data_config.get("manual_dir")
   if manual_dir is not None:
-    if not os.path.isdir(manual_dir):
+    if not epath.Path(manual_dir).is_dir():
       raise ValueError(f"data.manual_dir={manual_dir!r} is not a folder")
 
 
+def _is_remote(path) -> bool:
+  """An object-store path (`gs://...`, `s3://...`): no local file can be opened on it."""
+  return path is not None and "://" in os.fspath(path)
+
+
+def _local_data_dir(data_config):
+  """Where tfds builds and reads: `data.data_dir`, or for an object store its local mirror."""
+  data_dir = data_config.get("data_dir")
+  if not _is_remote(data_dir):
+    return data_dir
+  remote = os.fspath(data_dir).rstrip("/")
+  readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in remote)[-60:]
+  tag = hashlib.sha1(remote.encode()).hexdigest()[:12]
+  return os.path.join(tempfile.gettempdir(), "hpunet_jax_data", f"{readable}_{tag}")
+
+
+def _remote_dataset_dir(data_config, builder):
+  """The dataset's folder in an object-store `data.data_dir` (None for a local one)."""
+  data_dir = data_config.get("data_dir")
+  if not _is_remote(data_dir):
+    return None
+  relative = epath.Path(builder.data_path).relative_to(epath.Path(_local_data_dir(data_config)))
+  return epath.Path(data_dir) / relative
+
+
+# tfds writes this file last: its presence marks a complete copy.
+_COMPLETE_MARKER = "dataset_info.json"
+
+
+def _files_under(folder):
+  # epath refuses rglob on object stores (one listing per folder is what it costs).
+  for path in folder.iterdir():
+    if path.is_dir():
+      yield from _files_under(path)
+    else:
+      yield path
+
+
+def _copy_tree(source, destination):
+  """Copies the files under `source` to `destination`, the completion marker last."""
+  source, destination = epath.Path(source), epath.Path(destination)
+  files = sorted(_files_under(source), key=lambda p: p.name == _COMPLETE_MARKER)
+  for path in files:
+    target = destination / path.relative_to(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(path.read_bytes())
+
+
+def _download(remote, local):
+  """Copies the prepared dataset `remote` into the local folder `local` (atomically)."""
+  local = epath.Path(local)
+  logging.info("Copying %s to %s.", remote, local)
+  tmp = local.parent / f".{local.name}.incomplete{os.getpid()}_{time.time_ns()}"
+  _copy_tree(remote, tmp)
+  try:
+    tmp.rename(local)
+  except OSError:   # another process on this host got there first
+    if not local.exists():
+      raise
+    tmp.rmtree()
+
+
 def _builder(data_config):
-  """The tfds builder that `data.name` names."""
+  """The tfds builder that `data.name` names; for an object-store data_dir, a local mirror's.
+
+  A dataset already prepared in that object store is copied into the mirror.
+  """
+  builder = _local_builder(data_config)
+  remote = _remote_dataset_dir(data_config, builder)
+  if (remote is not None and not builder.is_prepared()
+      and (remote / _COMPLETE_MARKER).exists()):
+    _download(remote, builder.data_path)
+    builder = _local_builder(data_config)   # reads the copied dataset_info
+  return builder
+
+
+def _local_builder(data_config):
   name = data_config.name
   base, _, config_name = name.partition("/")
-  data_dir = data_config.get("data_dir")
+  data_dir = _local_data_dir(data_config)
   if base == "lidc_crops" and config_name not in ("", "default", "custom"):
     # Your own data under a name of your choosing, with the sizes checked.
     image_size = _image_size(data_config)
@@ -171,7 +257,52 @@ def prepare(data_config):
       tfds.display_progress_bar(True)
     logging.info("Prepared %s: %s", data_config.name,
                  {s: i.num_examples for s, i in builder.info.splits.items()})
+  remote = _remote_dataset_dir(data_config, builder)
+  if remote is not None and not (remote / _COMPLETE_MARKER).exists():
+    logging.info("Uploading %s to %s.", builder.data_path, remote)
+    _copy_tree(builder.data_path, remote)
   _check_sizes(data_config, builder)
+
+
+def _where(data_config):
+  return (f"data.data_dir={data_config.get('data_dir')}" if data_config.get("data_dir")
+          else "data.data_dir (unset: tfds' default, ~/tensorflow_datasets)")
+
+
+def prepare_on_all_processes(data_config):
+  """Prepares the data on process 0, then checks that every process sees it.
+
+  With one process this is `prepare`. With several, process 0 builds (or
+  finds) the dataset in `data.data_dir`; then each process opens it (from an
+  object store, copying it into its host's local mirror). If a process does
+  not find it, `data.data_dir` is local to each host: every process raises a
+  ValueError naming the processes and the field to set, before training.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    prepare(data_config)
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  failed = None
+  if jax.process_index() == 0:
+    try:
+      prepare(data_config)
+    except Exception as e:  # pylint: disable=broad-except
+      failed = e   # the others must not wait for a dataset that will not come
+  ok = multihost_utils.process_allgather(np.asarray(failed is None))
+  if not ok[0]:
+    if failed is not None:
+      raise failed
+    raise ValueError(f"process 0 could not prepare {data_config.name} in {_where(data_config)}")
+  seen = data_config.name == FAKE or _builder(data_config).is_prepared()
+  seen = np.asarray(multihost_utils.process_allgather(np.asarray(seen))).reshape(-1)
+  missing = [int(i) for i in np.flatnonzero(~seen)]
+  if missing:
+    raise ValueError(
+        f"{_where(data_config)}: process 0 prepared {data_config.name} there, but processes "
+        f"{missing} do not find it: that folder is local to each host. Set "
+        "--config.data.data_dir to storage every host sees (gs://bucket/tfds, or a shared file "
+        "system), or prepare the same data_dir on every host before training.")
 
 
 class FakeSource:
@@ -215,7 +346,7 @@ def _source(data_config, split):
   builder = _builder(data_config)
   if not builder.is_prepared():
     raise ValueError(
-        f"data.name={data_config.name!r} is not prepared in {builder.data_dir}: "
+        f"data.name={data_config.name!r} is not prepared in {_where(data_config)}: "
         "call hpunet_jax.data.pipeline.prepare(config.data) first")
   _check_sizes(data_config, builder)
   return builder.as_data_source(split=split)
@@ -414,6 +545,7 @@ def example_ids(data_config, split):
 
 __all__ = [
     "FAKE", "FAKE_NUM_EXAMPLES", "FakeSource", "default_config", "example_ids",
-    "make_eval_iterator", "make_train_iterator", "num_examples", "prepare", "train_dataset",
+    "make_eval_iterator", "make_train_iterator", "num_examples", "prepare",
+    "prepare_on_all_processes", "train_dataset",
     "validate_config",
 ]
