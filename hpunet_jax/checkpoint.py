@@ -38,7 +38,7 @@ the same implementation) and the other way round.
 
 Example:
 
-  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+  with checkpoint.Checkpointer(epath.Path(workdir) / "checkpoints") as ckpt:
     if ckpt.latest_step() is not None:
       state, extra = ckpt.restore(state)  # `state` from `init`: the target.
     ...
@@ -473,6 +473,15 @@ class Checkpointer:
         shown = ", ".join(items[:10]) + (" ..." if len(items) > 10 else "")
         lines.append(f"  {title} ({len(items)}): {shown}")
     raise ValueError("\n".join(lines))
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every process has reached the step jax's preemption service chose to save.
+
+    orbax's own check: True at the same step on every process once any of them
+    got SIGTERM (False with one process, or without the service). Call it at
+    every step on every process.
+    """
+    return self._manager.reached_preemption(step)
 
   def wait_until_finished(self):
     """Blocks until the in-flight save (if any) is complete.

@@ -72,11 +72,10 @@ def _check_model_accepts_data(model, example, config):
 
 def _check_config_matches(workdir, config):
   """A resumed run must use the model and loss it was started with."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
     return
-  with open(path) as f:
-    previous = json.load(f)
+  previous = json.loads(path.read_text())
   current = json.loads(config.to_json_best_effort())
   for group in ("model", "loss"):
     for key, value in current.get(group, {}).items():
@@ -88,13 +87,25 @@ def _check_config_matches(workdir, config):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks at step boundaries."""
+  """Turns SIGTERM on any process into the same stopping step on every process.
 
-  def __init__(self):
+  One process: a SIGTERM handler sets a flag the loop reads after each step.
+  Several: jax's preemption service (started by `jax.distributed.initialize`)
+  catches SIGTERM on any host and agrees with the others on a step, which
+  orbax's `reached_preemption` reports on every host; it must be asked at
+  every step. Without that service (`jax_enable_preemption_service=False`)
+  the flags of all processes are gathered at logging and checkpoint steps.
+  """
+
+  def __init__(self, checkpointer):
     self.requested = False
     self._previous = None
+    self._checkpointer = checkpointer
+    self._service = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
 
   def __enter__(self):
+    if self._service:   # a Python handler would take SIGTERM away from jax's service
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no handler, nothing to restore
@@ -110,9 +121,22 @@ class _Preemption:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
-  def any_process(self):
+  def reached(self, step, at_sync_step):
+    """Whether to save and stop at `step`; call it on every process at every step.
+
+    `at_sync_step` (the same on every process) says whether the fallback may
+    gather the processes' flags at this step.
+    """
     if jax.process_count() == 1:
       return self.requested
+    if self._service:
+      reached = self._checkpointer.reached_preemption(step)
+      if reached:
+        logging.warning("Preemption noticed by the processes: saving step %d, then stopping.",
+                        step)
+      return reached
+    if not at_sync_step:
+      return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     flags = multihost_utils.process_allgather(np.asarray(self.requested))
     return bool(np.any(flags))
@@ -287,8 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   mesh = parallel.make_mesh()
   config_lib.validate(config, num_devices=mesh.devices.size)
   is_main = jax.process_index() == 0
-  workdir = os.fspath(workdir)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  workdir = epath.Path(workdir)   # local, or gs://... (any etils.epath path)
+  workdir.mkdir(parents=True, exist_ok=True)
   held = _acquire_lease(workdir, is_main)
   try:
     return _train_and_evaluate(config, workdir, mesh, is_main, held)
@@ -322,11 +346,9 @@ def _restore(checkpointer, state):
 
 def _train_and_evaluate(config, workdir, mesh, is_main, held):
   _check_config_matches(workdir, config)
-  if is_main:
-    pipeline.prepare(config.data)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("data prepared")
+  # Process 0 prepares; every process then checks it sees the data (a data_dir
+  # local to each host stops here, before training, naming data.data_dir).
+  pipeline.prepare_on_all_processes(config.data)
   train_iter = pipeline.make_train_iterator(config.data, global_batch_size=config.train.batch_size,
                                             seed=config.train.seed)
   start_position = train_iter.get_state()
@@ -344,7 +366,7 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
       if isinstance(x, jax.Array) else x, state)
 
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+  checkpointer = checkpoint_lib.Checkpointer(workdir / CHECKPOINT_DIR,
                                              max_to_keep=config.train.keep_checkpoints)
   try:
     start_step, state, extra = _restore(checkpointer, state)
@@ -357,7 +379,7 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
   elif "data_iterator" in extra:  # an imported workdir (release.py) starts the data afresh
     train_iter.set_state(extra["data_iterator"])
   if is_main:
-    summary.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
+    summary.write_json(workdir / CONFIG_FILE, json.loads(config.to_json_best_effort()))
   # Always resume at `start_step`: records after it (all, without a checkpoint)
   # come from steps that will run again.
   writer = summary.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
@@ -366,7 +388,7 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
   progress = summary.Progress(num_steps, batch_size=config.train.batch_size,
                               start_step=start_step, print_fn=logging.info if not is_main
                               else _print_and_log)
-  figure_dir = os.path.join(workdir, FIGURE_DIR)
+  figure_dir = workdir / FIGURE_DIR
   results = {}
   recorded = False
 
@@ -379,7 +401,7 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
                  time.time() - t)
     if is_main:
       paths, _ = draw_figures(model, params, config, config.eval.split,
-                              os.path.join(figure_dir, f"step_{step:07d}"),
+                              os.fspath(figure_dir / f"step_{step:07d}"),
                               title=f"step {step}, {config.eval.split}: ", writer=writer, step=step)
       logging.info("Figures: %s", ", ".join(paths))
     return res
@@ -405,7 +427,7 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
   step = start_step
   stopped_early = False
   try:
-    with _Preemption() as preemption:
+    with _Preemption(checkpointer) as preemption:
       while step < num_steps:
         step_boundary()
         batch = next(train_iter)
@@ -416,8 +438,7 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
         log_now = step % config.train.log_every == 0 or last or step == start_step + 1
         checkpoint_now = step % config.train.checkpoint_every == 0 or last
         evaluate_now = step % config.train.eval_every == 0 or last
-        check_preemption = jax.process_count() == 1 or log_now or checkpoint_now
-        preempted = check_preemption and preemption.any_process()
+        preempted = preemption.reached(step, at_sync_step=log_now or checkpoint_now)
         if log_now or checkpoint_now or preempted:
           fetched = _fetch(pending)   # raises NonFiniteError before anything is saved
           pending = []
@@ -447,7 +468,7 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
         if _broadcast_flag(found is not None):
           logging.info("Already trained to step %d (train.num_steps=%d) and evaluated: the "
                        "evaluation is in %s.", step, num_steps,
-                       os.path.join(workdir, summary.METRICS_FILE))
+                       workdir / summary.METRICS_FILE)
           results, recorded = found or {}, True
         else:
           logging.info("Already trained to step %d (train.num_steps=%d).", step, num_steps)
@@ -476,7 +497,7 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
                    f"({results['num_images']} images, {config.eval.num_samples} samples each):\n"
                    + evaluation.format_table(results))
     _print_and_log(f"Figures are in {figure_dir}; metrics in "
-                   f"{os.path.join(workdir, summary.METRICS_FILE)}; TensorBoard: "
+                   f"{workdir / summary.METRICS_FILE}; TensorBoard: "
                    f"tensorboard --logdir {workdir}")
   return results
 
@@ -520,7 +541,7 @@ def restore_params(workdir, config=None, *, step=None):
     config = config_lib.load_run_config(workdir)
   config_lib.validate(config)
   # Read-only: creates nothing in the workdir, leaves a running job's saves alone.
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+  checkpointer = checkpoint_lib.Checkpointer(epath.Path(workdir) / CHECKPOINT_DIR,
                                              read_only=True)
   try:
     train_step = make_train_step(config)
