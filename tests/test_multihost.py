@@ -94,6 +94,8 @@ def test_two_processes_preempted_resume_and_match_one_process(tmp_path):
   stopped = [int(o.split("Stopped at step ")[1].split()[0]) for o in outputs
              if "Stopped at step " in o]
   assert len(stopped) == 2 and stopped[0] == stopped[1], outputs
+  # jax's preemption service (through orbax) chose the step, on both processes.
+  assert all("Preemption noticed by the processes" in o for o in outputs), outputs
   preempted_at = stopped[0]
   assert sorted(int(n) for n in os.listdir(workdir / "checkpoints")
                 if n.isdigit()) == [preempted_at]
