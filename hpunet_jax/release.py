@@ -350,8 +350,8 @@ def import_release(source, workdir, config=None) -> Converted:
   """
   config = config or lidc_config()
   model_cfg = config_lib.validate(config)
-  workdir = os.fspath(workdir)
-  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  workdir = epath.Path(workdir)   # local or gs://...
+  checkpoint_dir = workdir / "checkpoints"
   with checkpoint_lib.Checkpointer(checkpoint_dir) as checkpointer:
     if checkpointer.latest_step() is not None:
       raise FileExistsError(f"{checkpointer.directory} already holds checkpoints; import into "
@@ -377,9 +377,9 @@ def import_release(source, workdir, config=None) -> Converted:
     checkpointer.save(0, state, extra={"imported_from": str(source),
                                        "release_global_step": converted.release_step},
                       wait=True)
-  summary.write_json(os.path.join(workdir, "config.json"),
+  summary.write_json(workdir / "config.json",
                      json.loads(config.to_json_best_effort()))
-  summary.write_json(os.path.join(workdir, IMPORT_FILE), {
+  summary.write_json(workdir / IMPORT_FILE, {
       "source": str(source), "scope": converted.scope,
       "release_global_step": converted.release_step,
       "lagrange_multiplier_imported": converted.lagrange_raw is not None,
