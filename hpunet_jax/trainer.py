@@ -5,7 +5,10 @@ checkpoint in `workdir/checkpoints` that verifies (parameters, optimiser, GECO
 state, RNG and the data iterator's position), so running the same command
 again continues a stopped run, and raising `train.num_steps` continues a
 finished one. SIGTERM (preemption) saves a checkpoint at the next step and
-returns.
+returns; on several processes, a SIGTERM to any of them stops all at the same
+step (jax's preemption service, through orbax). `workdir` and the data dirs
+may be local or on an object store (`gs://...`): every path is an
+`etils.epath.Path`.
 
 Crash consistency (see README, "What a run leaves"):
 
