@@ -187,3 +187,31 @@ def test_config_errors_name_the_field():
     pipeline.validate_config(fake_config(random_crop=True))
   with pytest.raises(ValueError, match="data.name='nope'"):
     pipeline.prepare(fake_config(name="nope"))
+
+
+def test_workers_that_do_not_see_the_prepared_data_stop_naming_data_dir(tmp_path, monkeypatch):
+  """Process 1 of 2, on a host whose (local) data_dir lacks what process 0 prepared."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  config = pipeline.default_config()
+  config.name = "synthetic_multiscale/small"
+  config.data_dir = str(tmp_path / "tfds_on_this_host")
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  # Process 0 prepared it fine (True); this process answers for itself.
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: np.stack([np.asarray(True), np.asarray(x)]))
+  with pytest.raises(ValueError, match=r"data\.data_dir=.*tfds_on_this_host.*processes \[1\].*"
+                                       r"local to each host.*--config\.data\.data_dir"):
+    pipeline.prepare_on_all_processes(config)
+  assert not (tmp_path / "tfds_on_this_host").exists() or not any(
+      (tmp_path / "tfds_on_this_host").rglob("*.array_record*"))   # process 1 built nothing
+
+
+def test_object_store_data_dir_is_read_through_a_local_mirror():
+  config = pipeline.default_config()
+  config.data_dir = "gs://bucket/tfds"
+  mirror = pipeline._local_data_dir(config)  # pylint: disable=protected-access
+  assert "://" not in mirror and "bucket" in mirror
+  config.data_dir = "/shared/tfds"
+  assert pipeline._local_data_dir(config) == "/shared/tfds"  # pylint: disable=protected-access
