@@ -265,3 +265,274 @@ class SyntheticMultiscale(tfds.core.GeneratorBasedBuilder):
     for index in range(size):
       yield index, generate_example(definition, self.builder_config.seed, split, index)
       progress.update(index + 1)
+
+
+# ----------------------------------------------------------------------------
+# `synthetic_objects`: several objects per image, each with its own factor.
+
+OBJECT_STATE_NAMES = {"presence": ("absent", "present"), "boundary": ("tight", "loose")}
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectsDefinition:
+  """The exact generative process of `synthetic_objects` (defaults: S = 32).
+
+  The image is cut into four S/2 x S/2 quadrants (top-left, top-right,
+  bottom-left, bottom-right). Object o (o = 0, 1, 2) lives in quadrant o, which
+  is its *region*; the bottom-right quadrant stays background. Each object is a
+  bright disc with a soft halo, drawn the same way whatever its factor, and its
+  label is ambiguous in one way of its own, independently of the others:
+
+  * `presence`: `absent` (nothing) or `present` (the disc d <= r + present_offset);
+  * `boundary`: `tight` (d <= r) or `loose` (d <= r + loose_offset), a
+    `loose_offset`-pixel ring inside the halo.
+
+  Quadrants are S/2 apart, so at S = 32 each object has its own cell of a 2x2
+  latent map and four cells of a 4x4 map.
+
+  Attributes:
+    image_size: S (a multiple of 4); images are `[S, S, 1]`.
+    min_radius: smallest core radius r (inclusive); r ~ uniform integer, per object.
+    max_radius: largest core radius r (inclusive).
+    halo_width: intensity falls linearly from the object's to the background's
+      between r and r + halo_width.
+    present_offset: the `present` disc has radius r + present_offset.
+    loose_offset: the `loose` disc has radius r + loose_offset.
+    background: intensity of the background.
+    object_intensity: intensity inside the core.
+    noise_std: std of the i.i.d. Gaussian pixel noise (then clipped to [0, 1]).
+    factors: per object, `(kind, p)`: kind `presence` with p = P(present), or
+      `boundary` with p = P(loose).
+    num_graders: masks drawn per example.
+  """
+  image_size: int = 32
+  min_radius: int = 3
+  max_radius: int = 4
+  halo_width: int = 3
+  present_offset: int = 1
+  loose_offset: int = 2
+  background: float = 0.1
+  object_intensity: float = 0.9
+  noise_std: float = 0.05
+  factors: tuple = (("presence", 0.7), ("boundary", 0.4), ("presence", 0.5))
+  num_graders: int = 4
+
+  @classmethod
+  def for_image_size(cls, image_size):
+    """The definition scaled from S = 32 to `image_size` (lengths times S/32, rounded).
+
+    At S = 64: r in [6, 8], halo 6, present offset +2, loose offset +4.
+    """
+    scale = image_size / 32
+    definition = cls(
+        image_size=image_size,
+        min_radius=max(2, round(3 * scale)),
+        max_radius=max(3, round(4 * scale)),
+        halo_width=max(3, round(3 * scale)),
+        present_offset=max(1, round(1 * scale)),
+        loose_offset=max(2, round(2 * scale)))
+    definition.validate()
+    return definition
+
+  @property
+  def num_objects(self):
+    return len(self.factors)
+
+  @property
+  def state_probs(self):
+    """`[O, 2]` float64: per object, P(state 0), P(state 1)."""
+    return np.asarray([[1.0 - p, p] for _, p in self.factors], np.float64)
+
+  @property
+  def candidate_states(self):
+    """`[K, O]` int: the state of each object in each candidate, object 0 slowest."""
+    grids = np.meshgrid(*[np.arange(2)] * self.num_objects, indexing="ij")
+    return np.stack([g.reshape(-1) for g in grids], axis=-1)
+
+  @property
+  def candidate_probs(self):
+    """`[K]` float64: the product of the objects' state probabilities."""
+    probs = self.state_probs
+    states = self.candidate_states
+    return np.prod(probs[np.arange(self.num_objects), states], axis=-1)
+
+  def validate(self):
+    """Raises ValueError naming the field if the definition is not usable."""
+    if self.image_size % 4:
+      raise ValueError(f"image_size={self.image_size}: need a multiple of 4")
+    if not 0 < self.min_radius <= self.max_radius:
+      raise ValueError(f"min_radius={self.min_radius}, max_radius={self.max_radius}: "
+                       "need 0 < min_radius <= max_radius")
+    for name in ("present_offset", "loose_offset"):
+      if not 0 < getattr(self, name) < self.halo_width:
+        raise ValueError(f"{name}={getattr(self, name)}: need 0 < offset < "
+                         f"halo_width={self.halo_width}")
+    # The halo, centre pixel included, must fit in the quadrant.
+    if 2 * (self.max_radius + self.halo_width) + 1 > self.image_size // 2:
+      raise ValueError(f"image_size={self.image_size} is too small for objects of radius + "
+                       f"halo = {self.max_radius + self.halo_width} in S/2 quadrants")
+    if not 1 <= len(self.factors) <= 3:
+      raise ValueError(f"factors={self.factors}: need 1 to 3 objects (one per quadrant)")
+    for kind, p in self.factors:
+      if kind not in OBJECT_STATE_NAMES or not 0.0 <= p <= 1.0:
+        raise ValueError(f"factors={self.factors}: each is (presence|boundary, probability)")
+
+
+def generate_objects_example(definition, seed, split, index):
+  """Generates one `synthetic_objects` example; a pure function of its arguments.
+
+  The image comes from `np.random.default_rng([seed, split_id, index])`: per
+  object its radius r and its centre (cy, cx) inside its quadrant, then the
+  `[S, S]` noise. The graders' candidates come from a second generator,
+  `np.random.default_rng([seed, split_id, index, 1])`, with the same
+  probabilities for every example: the image carries no information about
+  which state applies.
+
+  Returns:
+    A dict of numpy arrays (O objects, K = 2**O candidates, M graders):
+    `image` uint8 `[S, S, 1]`; `masks` uint8 `[S, S, M]`; `candidates` uint8
+    `[S, S, K]`; `candidate_probs` float32 `[K]`; `candidate_states` int32
+    `[K, O]`; `grader_candidates` int32 `[M]`; `object_regions` uint8
+    `[S, S, O]` (each object's quadrant); `object_states` uint8 `[S, S, O, 2]`
+    (each object's state masks, zero outside its region); `object_state_probs`
+    float32 `[O, 2]`; `radii` int32 `[O]`; `centres` int32 `[O, 2]` (y, x).
+  """
+  d = definition
+  rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+  size, half = d.image_size, d.image_size // 2
+  rows, cols = np.mgrid[:size, :size]
+  profile = np.zeros((size, size))
+  regions, states, radii, centres = [], [], [], []
+  for o, (kind, _) in enumerate(d.factors):
+    top, left = (o // 2) * half, (o % 2) * half
+    radius = int(rng.integers(d.min_radius, d.max_radius + 1))
+    extent = radius + d.halo_width
+    cy, cx = (int(c) for c in rng.integers(extent, half - extent, size=2))
+    cy, cx = cy + top, cx + left
+    distance = np.hypot(rows - cy, cols - cx)
+    profile = np.maximum(profile, np.clip((extent - distance) / d.halo_width, 0.0, 1.0))
+    region = np.zeros((size, size), bool)
+    region[top:top + half, left:left + half] = True
+    if kind == "presence":
+      object_states = [np.zeros_like(region), distance <= radius + d.present_offset]
+    else:
+      object_states = [distance <= radius, distance <= radius + d.loose_offset]
+    regions.append(region)
+    states.append(np.stack(object_states, -1) & region[..., None])
+    radii.append(radius)
+    centres.append((cy, cx))
+  intensity = d.background + (d.object_intensity - d.background) * profile
+  intensity = intensity + rng.normal(0.0, d.noise_std, intensity.shape)
+  image = np.round(np.clip(intensity, 0.0, 1.0) * 255).astype(np.uint8)
+
+  states = np.stack(states, axis=2)                                  # [S, S, O, 2]
+  candidate_states = d.candidate_states                              # [K, O]
+  objects = np.arange(d.num_objects)
+  candidates = np.stack([states[:, :, objects, s].any(-1) for s in candidate_states], -1)
+  probs = d.candidate_probs
+  grader_rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 1])
+  grader_candidates = grader_rng.choice(len(probs), size=d.num_graders, p=probs)
+  return {
+      "image": image[..., None],
+      "masks": candidates[..., grader_candidates].astype(np.uint8),
+      "candidates": candidates.astype(np.uint8),
+      "candidate_probs": probs.astype(np.float32),
+      "candidate_states": candidate_states.astype(np.int32),
+      "grader_candidates": grader_candidates.astype(np.int32),
+      "object_regions": np.stack(regions, -1).astype(np.uint8),
+      "object_states": states.astype(np.uint8),
+      "object_state_probs": d.state_probs.astype(np.float32),
+      "radii": np.asarray(radii, np.int32),
+      "centres": np.asarray(centres, np.int32),
+  }
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticObjectsConfig(tfds.core.BuilderConfig):
+  """Size, split sizes and seed of a `synthetic_objects` dataset.
+
+  Attributes:
+    image_size: S; the rest of the definition is `ObjectsDefinition.for_image_size(S)`.
+    num_train: examples in `train`.
+    num_validation: examples in `validation`.
+    num_test: examples in `test`.
+    seed: the data seed.
+  """
+  image_size: int = 32
+  num_train: int = 4000
+  num_validation: int = 200
+  num_test: int = 200
+  seed: int = 0
+
+  @property
+  def definition(self):
+    return ObjectsDefinition.for_image_size(self.image_size)
+
+  @property
+  def split_sizes(self):
+    return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
+
+
+class SyntheticObjects(tfds.core.GeneratorBasedBuilder):
+  """Three objects per image, each with its own independent ambiguity, known exactly."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [
+      SyntheticObjectsConfig(
+          name="default", description="S = 32; 4000 / 200 / 200 examples; seed 0."),
+      SyntheticObjectsConfig(
+          name="s64", image_size=64, description="S = 64; 4000 / 200 / 200 examples; seed 0."),
+      SyntheticObjectsConfig(
+          name="small", num_train=256, num_validation=32, num_test=32,
+          description="S = 32; 256 / 32 / 32 examples; seed 0 (smoke runs)."),
+  ]
+  DEFAULT_CONFIG_NAME = "default"
+
+  def __init__(self, *, file_format=None, **kwargs):
+    # array_record by default, as SyntheticMultiscale: no TensorFlow needed.
+    super().__init__(file_format=file_format or "array_record", **kwargs)
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    return epath.Path(__file__)  # See SyntheticMultiscale.code_path.
+
+  def _info(self):
+    size = self.builder_config.image_size
+    definition = self.builder_config.definition
+    num_objects, num_graders = definition.num_objects, definition.num_graders
+    num_candidates = 2 ** num_objects
+    binary = lambda *shape: tfds.features.Tensor(
+        shape=(size, size) + shape, dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=ObjectsDefinition.__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": binary(1),
+            "masks": binary(num_graders),
+            "candidates": binary(num_candidates),
+            "candidate_probs": tfds.features.Tensor(shape=(num_candidates,), dtype=np.float32),
+            "candidate_states": tfds.features.Tensor(shape=(num_candidates, num_objects),
+                                                     dtype=np.int32),
+            "grader_candidates": tfds.features.Tensor(shape=(num_graders,), dtype=np.int32),
+            "object_regions": binary(num_objects),
+            "object_states": binary(num_objects, 2),
+            "object_state_probs": tfds.features.Tensor(shape=(num_objects, 2), dtype=np.float32),
+            "radii": tfds.features.Tensor(shape=(num_objects,), dtype=np.int32),
+            "centres": tfds.features.Tensor(shape=(num_objects, 2), dtype=np.int32),
+        }),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Generated locally.
+    return {split: self._generate_examples(split, size)
+            for split, size in self.builder_config.split_sizes.items()}
+
+  def _generate_examples(self, split, size):
+    definition = self.builder_config.definition
+    progress = summary.Progress(size, unit="example", every_s=10, print_fn=functools.partial(
+        logging.info, "Generating synthetic_objects/%s %s: %s", self.builder_config.name, split))
+    for index in range(size):
+      yield index, generate_objects_example(definition, self.builder_config.seed, split, index)
+      progress.update(index + 1)
