@@ -30,8 +30,16 @@ def main(argv):
   num_examples = config.eval.num_examples   # None: the whole split
   results = trainer.run_evaluation(model, params, config, split, print_fn=print)
   results.update(step=step, split=split, num_samples=num_samples)
-  factors = None
-  if "exact_ged" in results and model.config.num_scales > 1:
+  factors = objects = None
+  if "joint_tvd" in results:
+    # Data with independent objects: which scale carries which object's factor.
+    progress = trainer.evaluation_progress(config, split, num_examples, print_fn=print)
+    objects = evaluation.object_factor_statistics(
+        model, params, trainer.eval_batches(config, split, num_examples),
+        rng=jax.random.key(config.train.seed + 2), num_samples=num_samples,
+        num_examples=num_examples, on_batch=progress.update)
+    results["object_scales"] = objects
+  elif "exact_ged" in results and model.config.num_scales > 1:
     # Which factor of the known distribution each latent scale carries.
     progress = trainer.evaluation_progress(config, split, num_examples, print_fn=print)
     factors = evaluation.factor_statistics(
@@ -47,6 +55,9 @@ def main(argv):
   if factors is not None:
     print("\nWhat each latent scale carries (samples assigned to their nearest candidate):")
     print(evaluation.format_factor_table(factors))
+  if objects is not None:
+    print("\nWhat each latent scale carries, per object (the others at their means):")
+    print(evaluation.format_object_factor_table(objects))
   print(f"Written to {path}")
 
 

@@ -42,6 +42,12 @@ NAN_KEYS = ("ncc", "exact_ged_normalised")
 _ORDER = tuple(f"ged_{n}" for n in GED_SIZES) + (
     f"hm_iou_{HM_IOU_SIZE}", "iou_rec", "ncc", "diversity") + EXACT_KEYS
 
+# Batch keys of data that declares independent objects (`synthetic_objects`).
+OBJECT_KEYS = ("object_regions", "object_states", "object_state_probs")
+# Per-image keys of the per-object scores (`_factor_scores`), suffixed `_<o>`
+# per object where they are per object.
+FACTOR_PREFIXES = ("object_tvd", "joint_tvd", "mutual_information", "fidelity", "frequency")
+
 # Jitted device functions, keyed by (id(model), num_samples). The model is kept
 # in the value so that its id cannot be reused by another object while cached.
 _DEVICE_FNS: dict = {}
@@ -54,7 +60,7 @@ def _device_fn(model, num_samples):
   if cached is not None and cached[0] is model:
     return cached[1]
 
-  def device_fn(params, rng, images, masks, candidates):
+  def device_fn(params, rng, images, masks, candidates, objects=None):
     sample_rng, reconstruct_rng = jax.random.split(rng)
     logits = model.sample(params, sample_rng, images, num_samples=num_samples)
     num_classes = logits.shape[-1]
@@ -82,11 +88,43 @@ def _device_fn(model, num_samples):
     if candidates is not None:
       out["iou_sc"] = metrics.pairwise_iou(samples, candidates)
       out["iou_cc"] = metrics.pairwise_iou(candidates, candidates)
+    if objects is not None:
+      regions, state_masks = objects
+      out["iou_ons"] = metrics.object_state_iou(samples, regions, state_masks)  # [b, O, N, S]
     return out
 
   jitted = jax.jit(device_fn)
   _DEVICE_FNS[key] = (model, jitted)
   return jitted
+
+
+_FLOORS: dict = {}
+
+
+def _factor_floors(state_probs, num_samples):
+  """`metrics.factor_score_floors`, cached per distinct `(state_probs, N)`."""
+  key = (np.asarray(state_probs, np.float32).tobytes(), np.shape(state_probs), num_samples)
+  if key not in _FLOORS:
+    _FLOORS[key] = metrics.factor_score_floors(state_probs, num_samples, num_draws=1000)
+  return _FLOORS[key]
+
+
+def _factor_scores(iou_ons, state_probs, num_samples) -> dict:
+  """One image's per-object scores and their floors, as flat scalar entries."""
+  scores = metrics.factor_scores_from_iou(iou_ons, state_probs)
+  floors = _factor_floors(state_probs, num_samples)
+  flat = {"joint_tvd": scores["joint_tvd"], "joint_tvd_floor": floors["joint_tvd"],
+          "mutual_information": scores["mutual_information"],
+          "mutual_information_floor": floors["mutual_information"],
+          "fidelity": float(np.mean(scores["fidelity"])),
+          "object_tvd_max": float(np.max(scores["object_tvd"]))}
+  for o in range(len(state_probs)):
+    flat[f"object_tvd_{o}"] = scores["object_tvd"][o]
+    flat[f"object_tvd_floor_{o}"] = floors["object_tvd"][o]
+    flat[f"fidelity_{o}"] = scores["fidelity"][o]
+    for s, frequency in enumerate(scores["frequencies"][o]):
+      flat[f"frequency_{o}_{s}"] = frequency
+  return flat
 
 
 def _first_examples(batches: Iterable[Mapping[str, Any]], num_examples: Optional[int]):
@@ -143,8 +181,12 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
       continue
     has_candidates = "candidates" in batch
     candidates = np.asarray(batch["candidates"], np.float32) if has_candidates else None
+    objects = None
+    if OBJECT_KEYS[0] in batch:
+      objects = (np.asarray(batch["object_regions"], np.float32),
+                 np.asarray(batch["object_states"], np.float32))
     out = jax.device_get(device_fn(params, jax.random.fold_in(rng, index), images, masks,
-                                   candidates))
+                                   candidates, objects))
     out = {k: np.asarray(v, np.float64) for k, v in out.items()}
     batch_size = images.shape[0]
 
@@ -176,6 +218,12 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
             [metrics.normalised_ged(exact, floor, single) if single > floor else np.nan])
         add("match_rate", [matches["match_rate"]])
         add("tvd", [matches["tvd"]])
+
+    if objects is not None:
+      state_probs = np.asarray(batch["object_state_probs"], np.float64)
+      for i in range(batch_size):
+        for key, value in _factor_scores(out["iou_ons"][i], state_probs[i], num_samples).items():
+          add(key, [value])
     seen += batch_size
     if on_batch is not None:
       on_batch(seen)
@@ -209,6 +257,10 @@ def summarise(scores: Mapping[str, np.ndarray], *, num_bootstrap: int = 1000,
     if key in SUBSET_B_KEYS:
       put(f"{key}_subset_b", metrics.aggregate(values, subset=subset, num_bootstrap=num_bootstrap,
                                                seed=seed))
+  for key in scores:
+    if key.startswith(FACTOR_PREFIXES):
+      values = np.asarray(scores[key], np.float64)
+      put(key, metrics.aggregate(values, num_bootstrap=num_bootstrap, seed=seed))
   if "exact_ged" in scores:
     results["num_images_exact"] = int(len(scores["exact_ged"]))
   return results
@@ -286,6 +338,33 @@ def format_table(results: Mapping[str, Any]) -> str:
         f"  match rate    {_format_number(results['match_rate'])}"
         f", TVD {_format_number(results['tvd'])}",
     ]
+  if "joint_tvd" in results:
+    lines += ["", format_factor_scores(results)]
+  return "\n".join(lines)
+
+
+def format_factor_scores(results: Mapping[str, Any]) -> str:
+  """The per-object scores of `evaluate`'s results (data with independent objects)."""
+  def cell(key):
+    low, high = results[f"{key}_ci"]
+    return f"{_format_number(results[key])} [{_format_number(low)}, {_format_number(high)}]"
+  num_objects = sum(1 for k in results if k.startswith("fidelity_") and not k.endswith(("_std", "_ci")))
+  lines = ["per-object scores (each sample's state per object: highest IoU inside the "
+           "object's region)",
+           f"  joint TVD           {cell('joint_tvd')}  floor "
+           f"{_format_number(results['joint_tvd_floor'])}",
+           f"  mutual information  {cell('mutual_information')}  floor "
+           f"{_format_number(results['mutual_information_floor'])} nats",
+           f"  fidelity (mean)     {cell('fidelity')}"]
+  for o in range(num_objects):
+    frequencies = []
+    s = 0
+    while f"frequency_{o}_{s}" in results:
+      frequencies.append(_format_number(results[f"frequency_{o}_{s}"]))
+      s += 1
+    lines.append(f"  object {o}: TVD {cell(f'object_tvd_{o}')} floor "
+                 f"{_format_number(results[f'object_tvd_floor_{o}'])}, fidelity "
+                 f"{cell(f'fidelity_{o}')}, state frequencies {' / '.join(frequencies)}")
   return "\n".join(lines)
 
 
@@ -376,4 +455,106 @@ def format_factor_table(stats: Mapping[str, Mapping[str, float]], true_p_foregro
         f"{values[k]:13.3f}" if k in values else f"{'-':>13}" for k in keys))
   if true_p_foreground is not None:
     lines.append(f"(true p_foreground {true_p_foreground:.3f})")
+  return "\n".join(lines)
+
+
+def single_scale_variants(model_config, image_size):
+  """`mean` settings: all free, none free, and each scale alone free (named by size)."""
+  num_scales = model_config.num_scales
+  shapes = model_config.latent_shapes(image_size, image_size)
+  variants = {"all scales free": False, "none free (all means)": True}
+  if num_scales > 1:
+    for i, (h, w, _) in enumerate(shapes):
+      variants[f"only {h}x{w} free"] = tuple(j != i for j in range(num_scales))
+  return variants
+
+
+def object_factor_statistics(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
+                             num_samples: int = 100, num_examples: Optional[int] = None,
+                             on_batch: Optional[Callable[[int], Any]] = None) -> dict:
+  """Which latent scale carries which object's factor (data with independent objects).
+
+  For each `single_scale_variants` setting, samples are drawn and each
+  sample's state of each object assigned as in `metrics.factor_scores`.
+  Averaged over images, per object o:
+
+  - `frequency_<o>`: share of samples in the object's state 1 (`present` /
+    `loose` in `synthetic_objects`);
+  - `entropy_<o>`: entropy (nats) of its state among the samples: 0 when
+    the object does not vary under this setting;
+  - `moved_<o>`: TVD between its state frequencies under this setting and
+    with every scale at its mean: how far freeing these scales moves it;
+  - `tvd_<o>`: TVD of its state frequencies to the truth;
+
+  and `joint_tvd`, `mutual_information`, `fidelity` (mean over objects).
+  `on_batch`, if given, is called after each batch with the images done so far.
+
+  Returns:
+    `{setting: {statistic: value}}`.
+  """
+  variants = None
+  sums: dict = {}
+  count = 0
+  for index, batch in _first_examples(batches, num_examples):
+    if OBJECT_KEYS[0] not in batch:
+      raise ValueError("object_factor_statistics needs data with object regions "
+                       "(e.g. synthetic_objects)")
+    images = jnp.asarray(batch["image"], jnp.float32)
+    if variants is None:
+      variants = single_scale_variants(model.config, images.shape[1])
+      sums = {v: {} for v in variants}
+    regions = jnp.asarray(batch["object_regions"])
+    state_masks = jnp.asarray(batch["object_states"])
+    state_probs = np.asarray(batch["object_state_probs"], np.float64)
+    per_variant = {}
+    for v_index, (variant, mean) in enumerate(variants.items()):
+      logits = model.sample(params, jax.random.fold_in(jax.random.fold_in(rng, index), v_index),
+                            images, num_samples=num_samples, mean=mean)
+      samples = jnp.moveaxis(jnp.argmax(logits, -1) == 1, 0, 1)        # [b, N, H, W]
+      iou = np.asarray(metrics.object_state_iou(samples, regions, state_masks))
+      per_variant[variant] = [metrics.factor_scores_from_iou(iou[i], state_probs[i])
+                              for i in range(images.shape[0])]
+    reference = per_variant["none free (all means)"]
+    for variant, scores in per_variant.items():
+      for i, score in enumerate(scores):
+        values = {"joint_tvd": score["joint_tvd"],
+                  "mutual_information": score["mutual_information"],
+                  "fidelity": float(np.mean(score["fidelity"]))}
+        for o, frequencies in enumerate(score["frequencies"]):
+          values[f"frequency_{o}"] = frequencies[1]
+          nonzero = frequencies[frequencies > 0]
+          values[f"entropy_{o}"] = float(-(nonzero * np.log(nonzero)).sum())
+          values[f"moved_{o}"] = 0.5 * float(np.abs(
+              frequencies - reference[i]["frequencies"][o]).sum())
+          values[f"tvd_{o}"] = score["object_tvd"][o]
+        for key, value in values.items():
+          sums[variant][key] = sums[variant].get(key, 0.0) + value
+    count += images.shape[0]
+    if on_batch is not None:
+      on_batch(count)
+  if not count:
+    raise ValueError("object_factor_statistics saw no images")
+  return {v: {k: x / count for k, x in sums[v].items()} for v in variants}
+
+
+def format_object_factor_table(stats: Mapping[str, Mapping[str, float]],
+                               state_probs=None) -> str:
+  """A table of `object_factor_statistics` (one row per setting)."""
+  first = next(iter(stats.values()))
+  num_objects = sum(1 for k in first if k.startswith("frequency_"))
+  header = ["setting".ljust(22)]
+  for o in range(num_objects):
+    header += [f"p{o} state 1", f"H{o}", f"moved{o}", f"TVD{o}"]
+  header += ["joint TVD", "MI", "fidelity"]
+  lines = [" | ".join(f"{h:>10}" if i else h for i, h in enumerate(header))]
+  for variant, values in stats.items():
+    cells = [variant.ljust(22)]
+    for o in range(num_objects):
+      cells += [f"{values[f'{k}_{o}']:10.3f}" for k in ("frequency", "entropy", "moved", "tvd")]
+    cells += [f"{values[k]:10.3f}" for k in ("joint_tvd", "mutual_information", "fidelity")]
+    lines.append(" | ".join(cells))
+  if state_probs is not None:
+    truth = ", ".join(f"object {o}: {p[1]:.2f}" for o, p in enumerate(np.asarray(state_probs)))
+    lines.append(f"(true P(state 1): {truth}; Ho: entropy of object o's state, nats; moved: TVD "
+                 "from the all-means setting)")
   return "\n".join(lines)

@@ -9,7 +9,8 @@ exactly the concatenation of what P processes with batch G/P yield, and an
 iterator's state is just its position (grain's `get_state` / `set_state`).
 
 Config group `data` (see `default_config`):
-  name: 'synthetic_multiscale[/default|/small]', 'lidc_crops[/default]',
+  name: 'synthetic_multiscale[/default|/small]', 'synthetic_objects[/default|/s64|/small]',
+    'lidc_crops[/default]',
     'lidc_crops/custom', 'lidc_crops/<your name>' (your data with the sizes
     below fixed) or 'fake'.
   data_dir: tfds data dir (None = tfds default): a local folder, or a folder
@@ -420,6 +421,12 @@ class _EvalTransform:
     if "candidates" in example:
       batch["candidates"] = np.moveaxis(crop(example["candidates"]) > 0, -1, 0).astype(np.float32)
       batch["candidate_probs"] = np.asarray(example["candidate_probs"], np.float32)
+    if "object_regions" in example:   # Data with independent objects (synthetic_objects).
+      batch["object_regions"] = np.moveaxis(crop(example["object_regions"]) > 0, -1, 0).astype(
+          np.float32)                                                    # [O, H, W]
+      batch["object_states"] = np.moveaxis(crop(example["object_states"]) > 0, (-2, -1), (0, 1)
+                                           ).astype(np.float32)        # [O, S, H, W]
+      batch["object_state_probs"] = np.asarray(example["object_state_probs"], np.float32)
     return batch
 
 
@@ -513,7 +520,9 @@ def make_eval_iterator(data_config, split, *, batch_size, num_examples=None):  #
     A grain `DatasetIterator` yielding dicts: `image` float32 `[b, H, W, C]`,
     `masks` float32 binary `[b, H, W, M]`, and where the dataset has them
     `candidates` float32 binary `[b, K, H, W]` and `candidate_probs` float32
-    `[b, K]`. Images and masks get the training centre crop (`data.crop_size`).
+    `[b, K]`, and for data with independent objects `object_regions`
+    `[b, O, H, W]`, `object_states` `[b, O, S, H, W]` and `object_state_probs`
+    `[b, O, S]`. Images and masks get the training centre crop (`data.crop_size`).
   """
   if batch_size <= 0:
     raise ValueError(f"batch_size={batch_size}: need a positive int")
