@@ -7,14 +7,22 @@
 `configs/synthetic_objects.py` with a single 6-dimensional latent at the
 coarsest level (1x1) and the ELBO (beta = 1) instead of GECO; same data,
 network, optimiser and steps, so the comparison isolates the latent
-hierarchy and the objective. Runtime and expected numbers: see EXPECTED and
-README.md ("Several independent objects").
+hierarchy and the objective.
+
+Runtime: 6.4 CPU-minutes (18 min wall on a shared 2-core machine). Expected
+numbers (test, first 100 images, 100 samples): per-object TVD 0.044 / 0.049 /
+0.049, joint TVD 0.120 (HPU-Net 0.128, intervals overlap), mutual
+information 0.026 nats (HPU-Net 0.020; floor 0.021), fidelity 0.958
+(HPU-Net 0.949), exact GED 0.0127, normalised 0.021.
 
 `:tiny` as in `configs/synthetic_objects.py`.
 """
 from configs import synthetic_objects
 
-EXPECTED = {}
+# Measured on the first 100 test images after the full schedule (README.md).
+EXPECTED = dict(object_tvd_0=0.044, object_tvd_1=0.049, object_tvd_2=0.049, joint_tvd=0.120,
+                mutual_information=0.026, fidelity=0.958, exact_ged=0.0127,
+                exact_ged_normalised=0.021)
 
 
 def get_config(arg=None):

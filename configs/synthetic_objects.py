@@ -4,15 +4,27 @@
     python -m experiments.evaluate --config=configs/synthetic_objects.py --workdir=runs/objects \
         --num_examples=100
 
-Runtime and expected numbers: see EXPECTED and README.md ("Several independent
-objects"); filled in from the measured run.
+Runtime: 4,500 steps of batch 32, then an evaluation of 100 validation images
+with 100 samples each: 6.9 CPU-minutes (18 min wall on a shared 2-core
+machine). The dataset (`synthetic_objects`, 32x32, 4000/200/200 images) is
+generated on first use in a few seconds; the evaluate command above takes
+about 1 CPU-minute.
+
+Expected numbers (test, first 100 images, 100 samples each; README.md,
+"Several independent objects"): per-object TVD 0.037 / 0.069 / 0.069 (floors
+of a perfect sampler ~0.04), joint TVD 0.128 (floor 0.102), mutual
+information 0.020 nats (floor 0.021), fidelity 0.949, exact GED 0.0155,
+normalised exact GED 0.028; the 2x2 latent carries all three objects' factors.
 
 `--config=configs/synthetic_objects.py:tiny` shrinks everything (the `small`
 data, a few steps) for smoke tests.
 """
 from hpunet_jax import config_lib
 
-EXPECTED = {}
+# Measured on the first 100 test images after the full schedule (README.md).
+EXPECTED = dict(object_tvd_0=0.037, object_tvd_1=0.069, object_tvd_2=0.069, joint_tvd=0.128,
+                mutual_information=0.020, fidelity=0.949, exact_ged=0.0155,
+                exact_ged_normalised=0.028)
 
 
 def get_config(arg=None):
