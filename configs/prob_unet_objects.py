@@ -1,8 +1,7 @@
 """The Prob. U-Net-like baseline of `configs/prob_unet.py` on `synthetic_objects`.
 
     python -m experiments.train --config=configs/prob_unet_objects.py --workdir=runs/prob_unet_objects
-    python -m experiments.evaluate --config=configs/prob_unet_objects.py \
-        --workdir=runs/prob_unet_objects --num_examples=100
+    python -m experiments.evaluate --workdir=runs/prob_unet_objects --config.eval.split=test
 
 `configs/synthetic_objects.py` with a single 6-dimensional latent at the
 coarsest level (1x1) and the ELBO (beta = 1) instead of GECO; same data,

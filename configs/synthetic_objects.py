@@ -1,8 +1,7 @@
 """HPU-Net on `synthetic_objects`: three independent ambiguities, one per object.
 
     python -m experiments.train --config=configs/synthetic_objects.py --workdir=runs/objects
-    python -m experiments.evaluate --config=configs/synthetic_objects.py --workdir=runs/objects \
-        --num_examples=100
+    python -m experiments.evaluate --workdir=runs/objects --config.eval.split=test
 
 Runtime: 4,500 steps of batch 32, then an evaluation of 100 validation images
 with 100 samples each: 6.9 CPU-minutes (18 min wall on a shared 2-core

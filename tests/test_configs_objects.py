@@ -43,9 +43,8 @@ def test_tiny_config_trains_and_evaluates_per_object(config, tmp_path):
   train = _run("experiments.train", f"--config={config}", f"--workdir={workdir}",
                f"--config.data.data_dir={data_dir}")
   assert "joint TVD" in train.stdout
-  evaluate = _run("experiments.evaluate", f"--config={config}", f"--workdir={workdir}",
-                  f"--config.data.data_dir={data_dir}", "--split=test", "--num_samples=16",
-                  "--num_examples=4")
+  evaluate = _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+                  "--config.eval.num_samples=16", "--config.eval.num_examples=4")
   results = json.load(open(os.path.join(workdir, "evaluation.json")))
   for key in ("joint_tvd", "fidelity", "object_tvd_0", "object_tvd_2", "fidelity_1"):
     assert 0.0 <= results[key] <= 1.0, key
