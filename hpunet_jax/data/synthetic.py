@@ -180,11 +180,11 @@ def generate_example(definition, seed, split, index):
 
 
 @dataclasses.dataclass(eq=False)
-class SyntheticMultiscaleConfig(tfds.core.BuilderConfig):
-  """Size, split sizes and seed of a `synthetic_multiscale` dataset.
+class _GeneratedConfig(tfds.core.BuilderConfig):
+  """Size, split sizes and seed of a generated dataset.
 
   Attributes:
-    image_size: S; the rest of the definition is `MultiscaleDefinition.for_image_size(S)`.
+    image_size: S; the rest of the definition is `definition_cls.for_image_size(S)`.
     num_train: examples in `train`.
     num_validation: examples in `validation`.
     num_test: examples in `test`.
@@ -197,27 +197,18 @@ class SyntheticMultiscaleConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
   @property
-  def definition(self):
-    return MultiscaleDefinition.for_image_size(self.image_size)
-
-  @property
   def split_sizes(self):
     return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
 
 
-class SyntheticMultiscale(tfds.core.GeneratorBasedBuilder):
-  """Disc images whose masks are ambiguous at two scales, with known probabilities."""
+class _GeneratedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """What both known-distribution builders share: array_record, splits, progress.
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = [
-      SyntheticMultiscaleConfig(
-          name="default", description="S = 64; 4000 / 200 / 200 examples; seed 0."),
-      SyntheticMultiscaleConfig(
-          name="small", image_size=32, num_train=256, num_validation=32, num_test=32,
-          description="S = 32; 256 / 32 / 32 examples; seed 0 (smoke runs)."),
-  ]
-  DEFAULT_CONFIG_NAME = "default"
+  Subclasses set `VERSION`, `BUILDER_CONFIGS`, `_info` and `generate`, a pure
+  function `(definition, seed, split, index) -> example`.
+  """
+
+  generate = None
 
   def __init__(self, *, file_format=None, **kwargs):
     # tfds defaults to TFRecord, which needs TensorFlow to write and read; the
@@ -231,6 +222,46 @@ class SyntheticMultiscale(tfds.core.GeneratorBasedBuilder):
     # tfds 4.9.10 derives this through `importlib_resources`, which it does not
     # declare for Python >= 3.9 (tensorflow/datasets#11212); it is this file.
     return epath.Path(__file__)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Generated locally.
+    return {split: self._generate_examples(split, size)
+            for split, size in self.builder_config.split_sizes.items()}
+
+  def _generate_examples(self, split, size):
+    definition = self.builder_config.definition
+    progress = summary.Progress(size, unit="example", every_s=10, print_fn=functools.partial(
+        logging.info, "Generating %s/%s %s: %s", self.name, self.builder_config.name, split))
+    generate = type(self).generate
+    for index in range(size):
+      yield index, generate(definition, self.builder_config.seed, split, index)
+      progress.update(index + 1)
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticMultiscaleConfig(_GeneratedConfig):
+  """A `synthetic_multiscale` config: S (default 64), split sizes, seed (see `_GeneratedConfig`)."""
+
+  @property
+  def definition(self):
+    return MultiscaleDefinition.for_image_size(self.image_size)
+
+
+class SyntheticMultiscale(_GeneratedBuilder):
+  """Disc images whose masks are ambiguous at two scales, with known probabilities."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [
+      SyntheticMultiscaleConfig(
+          name="default", description="S = 64; 4000 / 200 / 200 examples; seed 0."),
+      SyntheticMultiscaleConfig(
+          name="small", image_size=32, num_train=256, num_validation=32, num_test=32,
+          description="S = 32; 256 / 32 / 32 examples; seed 0 (smoke runs)."),
+  ]
+  DEFAULT_CONFIG_NAME = "default"
+
+  generate = staticmethod(generate_example)
 
   def _info(self):
     size = self.builder_config.image_size
@@ -252,19 +283,6 @@ class SyntheticMultiscale(tfds.core.GeneratorBasedBuilder):
             "centre_x": tfds.features.Scalar(dtype=np.int32),
         }),
     )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Generated locally.
-    return {split: self._generate_examples(split, size)
-            for split, size in self.builder_config.split_sizes.items()}
-
-  def _generate_examples(self, split, size):
-    definition = self.builder_config.definition
-    progress = summary.Progress(size, unit="example", every_s=10, print_fn=functools.partial(
-        logging.info, "Generating synthetic_multiscale/%s %s: %s", self.builder_config.name, split))
-    for index in range(size):
-      yield index, generate_example(definition, self.builder_config.seed, split, index)
-      progress.update(index + 1)
 
 
 # ----------------------------------------------------------------------------
@@ -448,32 +466,16 @@ def generate_objects_example(definition, seed, split, index):
 
 
 @dataclasses.dataclass(eq=False)
-class SyntheticObjectsConfig(tfds.core.BuilderConfig):
-  """Size, split sizes and seed of a `synthetic_objects` dataset.
-
-  Attributes:
-    image_size: S; the rest of the definition is `ObjectsDefinition.for_image_size(S)`.
-    num_train: examples in `train`.
-    num_validation: examples in `validation`.
-    num_test: examples in `test`.
-    seed: the data seed.
-  """
+class SyntheticObjectsConfig(_GeneratedConfig):
+  """A `synthetic_objects` config: S (default 32), split sizes, seed (see `_GeneratedConfig`)."""
   image_size: int = 32
-  num_train: int = 4000
-  num_validation: int = 200
-  num_test: int = 200
-  seed: int = 0
 
   @property
   def definition(self):
     return ObjectsDefinition.for_image_size(self.image_size)
 
-  @property
-  def split_sizes(self):
-    return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
 
-
-class SyntheticObjects(tfds.core.GeneratorBasedBuilder):
+class SyntheticObjects(_GeneratedBuilder):
   """Three objects per image, each with its own independent ambiguity, known exactly."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -489,14 +491,7 @@ class SyntheticObjects(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "default"
 
-  def __init__(self, *, file_format=None, **kwargs):
-    # array_record by default, as SyntheticMultiscale: no TensorFlow needed.
-    super().__init__(file_format=file_format or "array_record", **kwargs)
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    return epath.Path(__file__)  # See SyntheticMultiscale.code_path.
+  generate = staticmethod(generate_objects_example)
 
   def _info(self):
     size = self.builder_config.image_size
@@ -523,16 +518,3 @@ class SyntheticObjects(tfds.core.GeneratorBasedBuilder):
             "centres": tfds.features.Tensor(shape=(num_objects, 2), dtype=np.int32),
         }),
     )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Generated locally.
-    return {split: self._generate_examples(split, size)
-            for split, size in self.builder_config.split_sizes.items()}
-
-  def _generate_examples(self, split, size):
-    definition = self.builder_config.definition
-    progress = summary.Progress(size, unit="example", every_s=10, print_fn=functools.partial(
-        logging.info, "Generating synthetic_objects/%s %s: %s", self.builder_config.name, split))
-    for index in range(size):
-      yield index, generate_objects_example(definition, self.builder_config.seed, split, index)
-      progress.update(index + 1)
