@@ -41,6 +41,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from hpunet_jax import summary
+from hpunet_jax.data import builders
 
 URL_ROOT = "https://storage.googleapis.com/hpunet-data/lidc_crops/"
 
@@ -317,7 +318,7 @@ def _split_root(extracted, folder):
   return None
 
 
-class LidcCrops(tfds.core.GeneratorBasedBuilder):
+class LidcCrops(builders.ArrayRecordBuilder):
   """LIDC-IDRI 2D crops with the masks of every grader (or your own such data)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -333,19 +334,6 @@ class LidcCrops(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "default"
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
-
-  def __init__(self, *, file_format=None, **kwargs):
-    # tfds defaults to TFRecord, which needs TensorFlow to write and read; the
-    # default here is array_record, so plain `tfds.builder(...)` and
-    # `tfds.data_source(...)` work without TensorFlow.
-    super().__init__(file_format=file_format or "array_record", **kwargs)
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # tfds 4.9.10 derives this through `importlib_resources`, which it does not
-    # declare for Python >= 3.9 (tensorflow/datasets#11212); it is this file.
-    return epath.Path(__file__)
 
   def _info(self):
     height, width = self.builder_config.image_size or (None, None)

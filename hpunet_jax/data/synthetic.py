@@ -25,11 +25,11 @@ import dataclasses
 import functools
 
 from absl import logging
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from hpunet_jax import summary
+from hpunet_jax.data import builders
 
 CANDIDATE_NAMES = ("empty", "tight", "medium", "loose")
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -201,27 +201,14 @@ class _GeneratedConfig(tfds.core.BuilderConfig):
     return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
 
 
-class _GeneratedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """What both known-distribution builders share: array_record, splits, progress.
+class _GeneratedBuilder(builders.ArrayRecordBuilder, skip_registration=True):
+  """What both known-distribution builders share: splits and progress.
 
   Subclasses set `VERSION`, `BUILDER_CONFIGS`, `_info` and `generate`, a pure
   function `(definition, seed, split, index) -> example`.
   """
 
   generate = None
-
-  def __init__(self, *, file_format=None, **kwargs):
-    # tfds defaults to TFRecord, which needs TensorFlow to write and read; the
-    # default here is array_record, so plain `tfds.builder(...)` and
-    # `tfds.data_source(...)` work without TensorFlow.
-    super().__init__(file_format=file_format or "array_record", **kwargs)
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # tfds 4.9.10 derives this through `importlib_resources`, which it does not
-    # declare for Python >= 3.9 (tensorflow/datasets#11212); it is this file.
-    return epath.Path(__file__)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Generated locally.
