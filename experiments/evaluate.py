@@ -30,34 +30,34 @@ def main(argv):
   num_examples = config.eval.num_examples   # None: the whole split
   results = trainer.run_evaluation(model, params, config, split, print_fn=print)
   results.update(step=step, split=split, num_samples=num_samples)
-  factors = objects = None
-  if "joint_tvd" in results:
-    # Data with independent objects: which scale carries which object's factor.
-    progress = trainer.evaluation_progress(config, split, num_examples, print_fn=print)
-    objects = evaluation.object_factor_statistics(
-        model, params, trainer.eval_batches(config, split, num_examples),
-        rng=jax.random.key(config.train.seed + 2), num_samples=num_samples,
-        num_examples=num_examples, on_batch=progress.update)
-    results["object_scales"] = objects
+  # Which latent scale carries which factor of a known distribution:
+  # (statistics, key in evaluation.json, table, heading), or None.
+  if "joint_tvd" in results:  # data with independent objects: per object
+    scale_analysis = (evaluation.object_factor_statistics, "object_scales",
+                      evaluation.format_object_factor_table,
+                      "What each latent scale carries, per object (the others at their means):")
   elif "exact_ged" in results and model.config.num_scales > 1:
-    # Which factor of the known distribution each latent scale carries.
+    scale_analysis = (evaluation.factor_statistics, "scales", evaluation.format_factor_table,
+                      "What each latent scale carries (samples assigned to their nearest "
+                      "candidate):")
+  else:
+    scale_analysis = None
+  if scale_analysis:
+    statistics, key = scale_analysis[:2]
     progress = trainer.evaluation_progress(config, split, num_examples, print_fn=print)
-    factors = evaluation.factor_statistics(
+    results[key] = statistics(
         model, params, trainer.eval_batches(config, split, num_examples),
         rng=jax.random.key(config.train.seed + 2), num_samples=num_samples,
         num_examples=num_examples, on_batch=progress.update)
-    results["scales"] = factors
   path = epath.Path(workdir) / EVALUATION_FILE
   summary.write_json(path, results)
   print(f"{config.data.name} {split}, checkpoint step {step}, "
         f"{results['num_images']} images, {num_samples} samples each:")
   print(evaluation.format_table(results))
-  if factors is not None:
-    print("\nWhat each latent scale carries (samples assigned to their nearest candidate):")
-    print(evaluation.format_factor_table(factors))
-  if objects is not None:
-    print("\nWhat each latent scale carries, per object (the others at their means):")
-    print(evaluation.format_object_factor_table(objects))
+  if scale_analysis:
+    _, key, table, heading = scale_analysis
+    print(f"\n{heading}")
+    print(table(results[key]))
   print(f"Written to {path}")
 
 
