@@ -42,8 +42,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from etils import epath
-
 from hpunet_jax import checkpoint as checkpoint_lib
 from hpunet_jax import config_lib, evaluation, figures, lease, parallel, summary
 from hpunet_jax.data import augment, pipeline
