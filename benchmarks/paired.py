@@ -33,7 +33,8 @@ import jax
 import numpy as np
 
 import hpunet_jax
-from hpunet_jax import config_lib, train
+from hpunet_jax import config_lib
+from hpunet_jax.training import state as train
 
 # --batch, --size, --seed, --workdir and --config are benchmarks.throughput's
 # flags, with the same meaning.

@@ -55,7 +55,8 @@ import numpy as np
 
 from experiments import run_flags
 import hpunet_jax
-from hpunet_jax import config_lib, metrics
+from hpunet_jax import config_lib
+from hpunet_jax.evaluation import metrics
 from hpunet_jax.data import augment
 
 from benchmarks import profile_summary

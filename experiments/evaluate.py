@@ -14,7 +14,9 @@ from etils import epath
 import jax
 
 from experiments import run_flags
-from hpunet_jax import config_lib, evaluation, summary, trainer
+from hpunet_jax import config_lib
+from hpunet_jax.evaluation import driver, report, restore, scales
+from hpunet_jax.infra import logs, writer
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -22,38 +24,38 @@ EVALUATION_FILE = "evaluation.json"
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  trainer.quiet_library_logs()
+  logs.quiet_library_logs()
   workdir = run_flags.WORKDIR.value
   config = run_flags.config()
-  config, model, params, step = trainer.restore_params(workdir, config)
+  config, model, params, step = restore.restore_params(workdir, config)
   split, num_samples = config.eval.split, config.eval.num_samples
   num_examples = config.eval.num_examples   # None: the whole split
-  results = trainer.run_evaluation(model, params, config, split, print_fn=print)
+  results = driver.run_evaluation(model, params, config, split, print_fn=print)
   results.update(step=step, split=split, num_samples=num_samples)
   # Which latent scale carries which factor of a known distribution:
   # (statistics, key in evaluation.json, table, heading), or None.
   if "joint_tvd" in results:  # data with independent objects: per object
-    scale_analysis = (evaluation.object_factor_statistics, "object_scales",
-                      evaluation.format_object_factor_table,
+    scale_analysis = (scales.object_factor_statistics, "object_scales",
+                      report.format_object_factor_table,
                       "What each latent scale carries, per object (the others at their means):")
   elif "exact_ged" in results and model.config.num_scales > 1:
-    scale_analysis = (evaluation.factor_statistics, "scales", evaluation.format_factor_table,
+    scale_analysis = (scales.factor_statistics, "scales", report.format_factor_table,
                       "What each latent scale carries (samples assigned to their nearest "
                       "candidate):")
   else:
     scale_analysis = None
   if scale_analysis:
     statistics, key = scale_analysis[:2]
-    progress = trainer.evaluation_progress(config, split, num_examples, print_fn=print)
+    progress = driver.evaluation_progress(config, split, num_examples, print_fn=print)
     results[key] = statistics(
-        model, params, trainer.eval_batches(config, split, num_examples),
+        model, params, driver.eval_batches(config, split, num_examples),
         rng=jax.random.key(config.train.seed + 2), num_samples=num_samples,
         num_examples=num_examples, on_batch=progress.update)
   path = epath.Path(workdir) / EVALUATION_FILE
-  summary.write_json(path, results)
+  writer.write_json(path, results)
   print(f"{config.data.name} {split}, checkpoint step {step}, "
         f"{results['num_images']} images, {num_samples} samples each:")
-  print(evaluation.format_table(results))
+  print(report.format_table(results))
   if scale_analysis:
     _, key, table, heading = scale_analysis
     print(f"\n{heading}")

@@ -21,7 +21,8 @@ checkpoint of the release's LIDC sizes written by the fixture generator).
 from absl import app, flags
 from ml_collections import config_flags
 
-from hpunet_jax import config_lib, release, trainer
+from hpunet_jax import config_lib, release
+from hpunet_jax.infra import logs
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", release.RELEASE_URL,
@@ -37,7 +38,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  trainer.quiet_library_logs()
+  logs.quiet_library_logs()
   converted = release.import_release(_CHECKPOINT.value, _WORKDIR.value, _CONFIG.value)
   num_params = sum(int(v.size) for values in converted.params.values() for v in values.values())
   print(f"Imported {len(converted.mapping)} tensors ({num_params:,} parameters) from "

@@ -22,7 +22,9 @@ import jax
 import numpy as np
 
 from experiments import run_flags
-from hpunet_jax import config_lib, release, trainer
+from hpunet_jax import config_lib, release
+from hpunet_jax.evaluation import figures, restore
+from hpunet_jax.infra import logs
 
 _OUTPUT = flags.DEFINE_string("output", None, "Output PNG path.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "Samples per image (as the training "
@@ -37,7 +39,7 @@ flags.mark_flags_as_required(["output"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  trainer.quiet_library_logs()
+  logs.quiet_library_logs()
   try:
     indices = [int(i) for i in _INDICES.value]
   except ValueError:
@@ -47,7 +49,7 @@ def main(argv):
   if not _OUTPUT.value.endswith(".png"):
     raise app.UsageError(f"--output must end in .png, got {_OUTPUT.value}")
   config = run_flags.config()
-  config, model, params, step = trainer.restore_params(run_flags.WORKDIR.value, config)
+  config, model, params, step = restore.restore_params(run_flags.WORKDIR.value, config)
   split = config.eval.split
   prefix = _OUTPUT.value[:-len(".png")]
   if _STYLE.value == "colab":
@@ -56,7 +58,7 @@ def main(argv):
         title=f"step {step}, {split}: ")
     indices = arrays.pop("indices")
   else:
-    paths, arrays = trainer.draw_figures(
+    paths, arrays = figures.draw_figures(
         model, params, config, split, prefix, rng=jax.random.key(_SEED.value),
         num_samples=_NUM_SAMPLES.value, indices=indices,
         title=f"step {step}, {split} {','.join(map(str, indices))}: ", print_fn=print)

@@ -14,7 +14,9 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from hpunet_jax import config_lib, trainer
+from hpunet_jax import config_lib
+from hpunet_jax.infra import logs
+from hpunet_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/synthetic.py (':tiny' shrinks it); override "
@@ -61,10 +63,10 @@ def initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  trainer.quiet_library_logs()
+  logs.quiet_library_logs()
   if _DISTRIBUTED.value:
     initialize_distributed()
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from absl import app
 from etils import epath
 import ml_collections
 
-from hpunet_jax.data import pipeline
+from hpunet_jax.data import config as data_config_lib
 from hpunet_jax.model import HPUNetConfig
 
 LOSS_TYPES = ("geco", "elbo")
@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
       init_from=ml_collections.config_dict.placeholder(str),
   ))
 
-  c.data = pipeline.default_config()
+  c.data = data_config_lib.default_config()
   c.data.name = "lidc_crops"
   c.data.crop_size = 128   # the release's colab centre-crops 180 -> 128
 
@@ -166,7 +166,7 @@ def validate(config, *, num_devices=None):
         f"{field}={size} cannot be taken by the model: it needs a multiple of "
         f"2**(len(model.channels_per_block) - 1) = {model.size_multiple} "
         f"(e.g. {model.size_multiple}, {2 * model.size_multiple}, {4 * model.size_multiple})")
-  pipeline.validate_config(data)
+  data_config_lib.validate_config(data)
 
   ev = config.eval
   _require(ev.num_samples >= 1, f"eval.num_samples must be >= 1, got {ev.num_samples}")
@@ -180,6 +180,9 @@ def validate(config, *, num_devices=None):
 # A run's config, for the tools that read a run.
 
 RUN_CONFIG_FILE = "config.json"
+# Where a run keeps its checkpoints and figures, under its workdir.
+CHECKPOINT_DIR = "checkpoints"
+FIGURE_DIR = "figures"
 # The data fields that say which data a model saw (not where it is stored or how
 # fast it is read): a config that differs in these evaluates on other data.
 DATA_IDENTITY_FIELDS = ("name", "image_size", "crop_size", "num_channels", "num_graders")

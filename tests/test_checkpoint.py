@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from hpunet_jax import checkpoint
+from hpunet_jax.infra import checkpoint
 
 
 class TrainState(NamedTuple):

@@ -10,7 +10,9 @@ import numpy as np
 from PIL import Image
 
 from configs import lidc
-from hpunet_jax import config_lib, objective, summary, train
+from hpunet_jax import config_lib, objective
+from hpunet_jax.infra import writer as writer_lib
+from hpunet_jax.training import state as train
 from hpunet_jax.data import augment
 from hpunet_jax.model import count_params, make_model
 
@@ -78,7 +80,7 @@ def test_tiny_lidc_recipe_trains_end_to_end_with_augmentation(tmp_path):
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["data"]["augment"]["enabled"] is True
-  lines = [json.loads(l) for l in (workdir / summary.METRICS_FILE).read_text().splitlines()]
+  lines = [json.loads(l) for l in (workdir / writer_lib.METRICS_FILE).read_text().splitlines()]
   train_lines = [l for l in lines if "augment_valid_fraction" in l]
   assert [l["step"] for l in train_lines] == [1, 2, 3, 4]
   for line in train_lines:

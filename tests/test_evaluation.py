@@ -4,8 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpunet_jax import evaluation
-from hpunet_jax import metrics
+from hpunet_jax.evaluation import driver, exact, metrics, report
 
 SIZE = 32
 NUM_GRADERS = 4
@@ -73,7 +72,7 @@ def _batches(num_batches=2, batch_size=4, seed=0):
 def test_true_distribution_sampler_scores_the_floor():
   model = StubModel()
   batches = _batches()
-  results = evaluation.evaluate(model, PARAMS, batches, rng=jax.random.PRNGKey(0),
+  results = driver.evaluate(model, PARAMS, batches, rng=jax.random.PRNGKey(0),
                                 num_bootstrap=200)
   assert results["num_images"] == 8 and results["num_images_subset_b"] == 7
   floor = float(PROBS @ (1 - metrics.pairwise_iou(CANDIDATES, CANDIDATES)) @ PROBS) / 100
@@ -90,22 +89,22 @@ def test_true_distribution_sampler_scores_the_floor():
   assert "ged_16_subset_b" in results and "hm_iou_16_subset_b_ci" in results
   assert "iou_rec_subset_b" not in results
 
-  table = evaluation.format_table(results)
+  table = report.format_table(results)
   for word in ("ged_100", "hm_iou_16", "subset B", "floor", "single guess", "±"):
     assert word in table
 
   # A second evaluation reuses the jitted function: no new trace.
   traces = model.traces
-  again = evaluation.evaluate(model, PARAMS, batches, rng=jax.random.PRNGKey(0), num_bootstrap=200)
+  again = driver.evaluate(model, PARAMS, batches, rng=jax.random.PRNGKey(0), num_bootstrap=200)
   assert model.traces == traces
   assert again["ged_16"] == results["ged_16"]  # same key, same scores
 
 
 def test_single_guess_sampler_and_lidc_scores():
   batches = _batches()
-  results = evaluation.evaluate(StubModel(always_best=True), PARAMS, batches,
+  results = driver.evaluate(StubModel(always_best=True), PARAMS, batches,
                                 rng=jax.random.PRNGKey(1), num_bootstrap=0)
-  single = metrics.exact_ged_single_guess(CANDIDATES, PROBS)
+  single = exact.exact_ged_single_guess(CANDIDATES, PROBS)
   assert results["exact_ged"] == pytest.approx(single, abs=1e-5)
   assert results["exact_ged_single_guess"] == pytest.approx(single, rel=1e-6)
   assert results["exact_ged_normalised"] == pytest.approx(1.0, abs=1e-4)
@@ -127,12 +126,12 @@ def test_single_guess_sampler_and_lidc_scores():
   # Identical samples of the same confidence everywhere: the uncertainty map is
   # constant, S_NCC undefined for every image, left out and counted.
   assert results["ncc_num_nan"] == results["num_images"] and np.isnan(results["ncc"])
-  assert f"ncc: undefined for {results['num_images']} images" in evaluation.format_table(results)
+  assert f"ncc: undefined for {results['num_images']} images" in report.format_table(results)
 
 
 def test_hm_iou_with_graders_that_do_not_divide_the_samples():
   batches = [{**b, "masks": b["masks"][..., :3]} for b in _batches(num_batches=1)]
-  results = evaluation.evaluate(StubModel(always_best=True), PARAMS, batches,
+  results = driver.evaluate(StubModel(always_best=True), PARAMS, batches,
                                 rng=jax.random.PRNGKey(1), num_samples=16, num_bootstrap=0)
   best = np.repeat(CANDIDATES[:1], 16, 0)
   hms = [metrics.hungarian_matched_iou(best, masks)
@@ -142,10 +141,10 @@ def test_hm_iou_with_graders_that_do_not_divide_the_samples():
 
 def test_sizes_skipped_and_num_examples():
   batches = [{k: v for k, v in b.items() if not k.startswith("candidate")} for b in _batches()]
-  results = evaluation.evaluate(StubModel(), PARAMS, batches, rng=jax.random.PRNGKey(2),
+  results = driver.evaluate(StubModel(), PARAMS, batches, rng=jax.random.PRNGKey(2),
                                 num_samples=20, num_examples=5, num_bootstrap=50)
   assert results["num_images"] == 5
   assert "ged_16" in results and "hm_iou_16" in results
   assert "ged_50" not in results and "ged_100" not in results
   assert "exact_ged" not in results and "match_rate" not in results
-  assert "exact" not in evaluation.format_table(results)
+  assert "exact" not in report.format_table(results)

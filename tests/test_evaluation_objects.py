@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpunet_jax import evaluation
+from hpunet_jax.evaluation import driver, report, scales
 from hpunet_jax.data import synthetic
 
 DEFINITION = synthetic.ObjectsDefinition()
@@ -69,7 +69,7 @@ PARAMS = {"object_states": jnp.asarray(BATCH["object_states"])}
 
 
 def test_a_sampler_of_the_truth_scores_its_floors():
-  results = evaluation.evaluate(ObjectStub(), PARAMS, [BATCH], rng=jax.random.key(0),
+  results = driver.evaluate(ObjectStub(), PARAMS, [BATCH], rng=jax.random.key(0),
                                 num_bootstrap=100)
   assert results["fidelity"] == 1.0
   for o in range(3):
@@ -80,12 +80,12 @@ def test_a_sampler_of_the_truth_scores_its_floors():
   assert results["mutual_information"] == pytest.approx(results["mutual_information_floor"],
                                                         abs=0.015)
   assert results["exact_ged_normalised"] == pytest.approx(0.0, abs=0.05)
-  table = evaluation.format_table(results)
+  table = report.format_table(results)
   assert "joint TVD" in table and "object 2: TVD" in table
 
 
 def test_tied_objects_show_mutual_information():
-  results = evaluation.evaluate(ObjectStub(tied=True), PARAMS, [BATCH], rng=jax.random.key(0),
+  results = driver.evaluate(ObjectStub(tied=True), PARAMS, [BATCH], rng=jax.random.key(0),
                                 num_bootstrap=0)
   # States tied through one uniform: object 2 (p 0.5) is a function of object 0 (p 0.7).
   assert results["mutual_information"] > 0.4
@@ -93,7 +93,7 @@ def test_tied_objects_show_mutual_information():
 
 
 def test_object_factor_statistics_finds_the_scale_of_each_object():
-  stats = evaluation.object_factor_statistics(ObjectStub(), PARAMS, [BATCH],
+  stats = scales.object_factor_statistics(ObjectStub(), PARAMS, [BATCH],
                                               rng=jax.random.key(1), num_samples=200)
   assert list(stats) == ["all scales free", "none free (all means)", "only 1x1 free",
                          "only 2x2 free", "only 4x4 free"]
@@ -108,6 +108,6 @@ def test_object_factor_statistics_finds_the_scale_of_each_object():
         assert stats[name][f"entropy_{o}"] == 0.0 and stats[name][f"moved_{o}"] == 0.0
   assert stats["all scales free"]["frequency_1"] == pytest.approx(0.4, abs=0.1)
   assert stats["all scales free"]["fidelity"] == 1.0
-  table = evaluation.format_object_factor_table(stats, DEFINITION.state_probs)
+  table = report.format_object_factor_table(stats, DEFINITION.state_probs)
   assert "only 2x2 free" in table and "moved" in table
   assert math.isfinite(stats["all scales free"]["mutual_information"])

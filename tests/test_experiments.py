@@ -13,7 +13,10 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import synthetic
-from hpunet_jax import checkpoint, summary, trainer
+from hpunet_jax.evaluation import restore
+from hpunet_jax.infra import checkpoint
+from hpunet_jax.infra import writer as writer_lib
+from hpunet_jax.training import loop
 from hpunet_jax.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +48,7 @@ def trained(tmp_path_factory, data_dir):
 
 def test_train_cli_writes_metrics_checkpoints_figures(trained):
   workdir, proc = trained
-  rows = summary.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  rows = writer_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   train_rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 4, 6]
   assert all(np.isfinite(r["loss"]) for r in train_rows)
@@ -161,22 +164,22 @@ def _tiny(data_dir, **train):
 
 
 def _final_params(workdir, config):
-  _, _, params, step = trainer.restore_params(workdir, config)
+  _, _, params, step = restore.restore_params(workdir, config)
   return step, jax.tree.leaves(params)
 
 
 def test_stop_and_resume_equals_uninterrupted(tmp_path, data_dir):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  trainer.train_and_evaluate(_tiny(data_dir, num_steps=6), straight)
-  trainer.train_and_evaluate(_tiny(data_dir, num_steps=3), resumed)
-  trainer.train_and_evaluate(_tiny(data_dir, num_steps=6), resumed)   # raising num_steps resumes
+  loop.train_and_evaluate(_tiny(data_dir, num_steps=6), straight)
+  loop.train_and_evaluate(_tiny(data_dir, num_steps=3), resumed)
+  loop.train_and_evaluate(_tiny(data_dir, num_steps=6), resumed)   # raising num_steps resumes
   step_a, params_a = _final_params(straight, _tiny(data_dir, num_steps=6))
   step_b, params_b = _final_params(resumed, _tiny(data_dir, num_steps=6))
   assert step_a == step_b == 6
   for a, b in zip(params_a, params_b):
     np.testing.assert_array_equal(a, b)
-  rows_a = [r for r in summary.read_jsonl(os.path.join(straight, "metrics.jsonl")) if "loss" in r]
-  rows_b = [r for r in summary.read_jsonl(os.path.join(resumed, "metrics.jsonl")) if "loss" in r]
+  rows_a = [r for r in writer_lib.read_jsonl(os.path.join(straight, "metrics.jsonl")) if "loss" in r]
+  rows_b = [r for r in writer_lib.read_jsonl(os.path.join(resumed, "metrics.jsonl")) if "loss" in r]
   timing = ("steps_per_s", "images_per_s")   # wall-clock rates differ between runs
   drop_timing = lambda row: {k: v for k, v in row.items() if k not in timing}
   assert drop_timing(rows_a[-1]) == drop_timing(rows_b[-1])
@@ -208,8 +211,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   monkeypatch.setattr(pipeline, "make_train_iterator", lambda *a, **k: Poisoned(make(*a, **k)))
   workdir = str(tmp_path / "nan")
   # The first next() only peeks at shapes (the iterator is rewound), so step 4 sees the 5th batch.
-  with pytest.raises(trainer.NonFiniteError, match=r"at step 4.*last good checkpoint is step 3"):
-    trainer.train_and_evaluate(_tiny(data_dir, num_steps=6, log_every=1), workdir)
+  with pytest.raises(loop.NonFiniteError, match=r"at step 4.*last good checkpoint is step 3"):
+    loop.train_and_evaluate(_tiny(data_dir, num_steps=6, log_every=1), workdir)
   assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3]
 
 

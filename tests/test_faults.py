@@ -18,7 +18,9 @@ import time
 import pytest
 
 from configs import synthetic
-from hpunet_jax import checkpoint, lease, summary, trainer
+from hpunet_jax.evaluation import restore
+from hpunet_jax.infra import checkpoint, lease
+from hpunet_jax.infra import writer as writer_lib
 from hpunet_jax.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +100,7 @@ def _kill_9_at(args, text):
 
 
 def _records(workdir):
-  rows = summary.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  rows = writer_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   train = [r["step"] for r in rows if "loss" in r]
   evals = [r["step"] for r in rows if any(k.startswith("eval/") for k in r)]
   return train, evals
@@ -213,7 +215,7 @@ def test_truncated_checkpoint_file_is_skipped_by_a_reader(killed_twice):
     with open(path, "r+b") as f:
       f.truncate(os.path.getsize(path) // 2)
   # What experiments.evaluate and experiments.sample load with.
-  _, _, params, step = trainer.restore_params(workdir)
+  _, _, params, step = restore.restore_params(workdir)
   assert step == 3 and params
   assert os.path.isdir(step_dir)                  # a reader never moves or deletes
 

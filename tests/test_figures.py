@@ -4,7 +4,7 @@ import pytest
 
 from PIL import Image
 
-from hpunet_jax import figures
+from hpunet_jax.evaluation import figures
 
 H = W = 32
 TILE = 128  # 32 px upscaled 4x to reach figures.MIN_TILE_SIZE.

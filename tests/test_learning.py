@@ -2,8 +2,9 @@
 import jax
 
 from configs import synthetic
-from hpunet_jax import trainer
-from hpunet_jax.train import create_train_state
+from hpunet_jax.evaluation import driver, restore
+from hpunet_jax.training import loop
+from hpunet_jax.training.state import create_train_state
 
 
 def test_exact_scores_improve_with_training(tmp_path):
@@ -18,15 +19,15 @@ def test_exact_scores_improve_with_training(tmp_path):
   config.eval.num_samples = 16
   config.eval.batch_size = 16
   workdir = str(tmp_path / "run")
-  trained = trainer.train_and_evaluate(config, workdir)
+  trained = loop.train_and_evaluate(config, workdir)
 
   # The same evaluation of the untrained network.
-  _, model, _, _ = trainer.restore_params(workdir, config)
-  example = next(iter(trainer.eval_batches(config, "train", 1)))
+  _, model, _, _ = restore.restore_params(workdir, config)
+  example = next(iter(driver.eval_batches(config, "train", 1)))
   example = {"image": example["image"],
              "segmentation": jax.nn.one_hot(example["masks"][..., 0].astype(int), 2)}
   initial = create_train_state(config, jax.random.key(config.train.seed), example)
-  untrained = trainer.run_evaluation(model, trainer._local_copy(initial.params["net"]), config,
+  untrained = driver.run_evaluation(model, restore.local_copy(initial.params["net"]), config,
                                      config.eval.split)
 
   assert trained["exact_ged"] < 0.7 * untrained["exact_ged"], (trained, untrained)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hpunet_jax import lease
+from hpunet_jax.infra import files, lease
 
 
 def _dead_pid():
@@ -20,7 +20,9 @@ def _dead_pid():
 def _write_record(workdir, **fields):
   record = {"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-01-01T00:00:00Z",
             "refreshed": time.time(), "token": "someone-else", **fields}
-  (workdir / lease.LEASE_FILE).write_text(json.dumps(record))
+  # Written whole, as another run would (atomic_write): the holder's refresh thread
+  # reads the file meanwhile and must not see half of it.
+  files.atomic_write(workdir / lease.LEASE_FILE, json.dumps(record))
   return record
 
 
@@ -55,7 +57,7 @@ def test_lease_on_another_host_is_stale_only_when_not_refreshed(tmp_path):
 
 def test_object_store_path_writes_then_reads_back(tmp_path, monkeypatch):
   # Without exclusive creation (as on gs://), the token read back decides.
-  monkeypatch.setattr(lease, "_is_local", lambda path: False)
+  monkeypatch.setattr(lease.files, "is_local", lambda path: False)
   held = lease.WorkdirLease(tmp_path, settle=0.0).acquire()
   with pytest.raises(lease.WorkdirBusyError):
     lease.WorkdirLease(tmp_path, settle=0.0).acquire()

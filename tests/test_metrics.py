@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from hpunet_jax import metrics
+from hpunet_jax.evaluation import exact, metrics
 
 
 def _disc(cy, cx, r, size=16):
@@ -281,7 +281,7 @@ def test_exact_ged_equals_ged_with_graders_in_exact_proportion():
   probs = np.array([0.5, 0.25, 0.25, 0.0])
   graders = candidates[[0, 0, 1, 2]]
   samples = np.concatenate([candidates[[0, 3]], _random_masks(np.random.default_rng(4), 3, 16)])
-  assert metrics.exact_ged(samples, candidates, probs) == pytest.approx(
+  assert exact.exact_ged(samples, candidates, probs) == pytest.approx(
       float(metrics.generalized_energy_distance(samples, graders)), abs=1e-6)
 
 
@@ -290,7 +290,7 @@ def test_exact_ged_against_monte_carlo():
   rng = np.random.default_rng(5)
   samples = candidates[[0, 0, 1, 3]]
   samples[1, 5, 5] = 1 - samples[1, 5, 5]  # not exactly a candidate
-  exact = metrics.exact_ged(samples, candidates, probs)
+  ged = exact.exact_ged(samples, candidates, probs)
   iou_sc = np.asarray(metrics.pairwise_iou(samples, candidates))
   iou_ss = np.asarray(metrics.pairwise_iou(samples, samples))
   iou_cc = np.asarray(metrics.pairwise_iou(candidates, candidates))
@@ -301,7 +301,7 @@ def test_exact_ged_against_monte_carlo():
     idx = rng.choice(len(probs), num_graders, p=probs)
     draws.append(metrics.ged_from_iou(iou_sc[:, idx], iou_ss, iou_cc[np.ix_(idx, idx)]))
   bias = float(probs @ (1 - iou_cc) @ probs) / num_graders
-  assert np.mean(draws) - bias == pytest.approx(exact, abs=3e-3)
+  assert np.mean(draws) - bias == pytest.approx(ged, abs=3e-3)
 
 
 def test_exact_ged_floor_against_monte_carlo():
@@ -309,12 +309,12 @@ def test_exact_ged_floor_against_monte_carlo():
   iou_cc = np.asarray(metrics.pairwise_iou(candidates, candidates))
   rng = np.random.default_rng(6)
   for num_samples in (1, 4, 16):
-    floor = metrics.exact_ged_floor(candidates, probs, num_samples)
+    floor = exact.exact_ged_floor(candidates, probs, num_samples)
     assert floor == pytest.approx(float(probs @ (1 - iou_cc) @ probs) / num_samples)
     draws = []
     for _ in range(4000):
       idx = rng.choice(len(probs), num_samples, p=probs)
-      draws.append(metrics.exact_ged_from_iou(iou_cc[idx], iou_cc[np.ix_(idx, idx)], iou_cc,
+      draws.append(exact.exact_ged_from_iou(iou_cc[idx], iou_cc[np.ix_(idx, idx)], iou_cc,
                                               probs))
     stderr = np.std(draws) / np.sqrt(len(draws))
     assert abs(np.mean(draws) - floor) < 4 * stderr + 1e-9, num_samples
@@ -322,15 +322,15 @@ def test_exact_ged_floor_against_monte_carlo():
 
 def test_single_guess_and_normalised():
   candidates, probs = _toy()
-  single = metrics.exact_ged_single_guess(candidates, probs)
-  assert single == pytest.approx(metrics.exact_ged(np.repeat(candidates[:1], 5, 0), candidates,
+  single = exact.exact_ged_single_guess(candidates, probs)
+  assert single == pytest.approx(exact.exact_ged(np.repeat(candidates[:1], 5, 0), candidates,
                                                    probs), abs=1e-6)
-  floor = metrics.exact_ged_floor(candidates, probs, 5)
+  floor = exact.exact_ged_floor(candidates, probs, 5)
   assert 0 < floor < single
-  assert metrics.normalised_ged(single, floor, single) == pytest.approx(1.0)
-  assert metrics.normalised_ged(floor, floor, single) == pytest.approx(0.0)
+  assert exact.normalised_ged(single, floor, single) == pytest.approx(1.0)
+  assert exact.normalised_ged(floor, floor, single) == pytest.approx(0.0)
   with pytest.raises(ValueError, match="sum to 1"):
-    metrics.exact_ged_single_guess(candidates, probs * 2)
+    exact.exact_ged_single_guess(candidates, probs * 2)
 
 
 def test_match_statistics_hand_case():
@@ -338,19 +338,19 @@ def test_match_statistics_hand_case():
   probs = np.array([0.5, 0.5, 0.0, 0.0])
   junk = np.ones_like(candidates[0])
   samples = np.stack([candidates[0], candidates[0], candidates[1], junk])
-  stats = metrics.match_statistics(samples, candidates, probs)
+  stats = exact.match_statistics(samples, candidates, probs)
   assert stats["match_rate"] == 0.75
   np.testing.assert_allclose(stats["frequencies"], [0.5, 0.25, 0, 0])
   # 0.5 * (|0.5-0.5| + |0.25-0.5| + unmatched 0.25).
   assert stats["tvd"] == pytest.approx(0.25)
   # A zero-probability candidate is outside the support: matching it is a miss.
-  stats = metrics.match_statistics(candidates[[2, 3]], candidates, probs)
+  stats = exact.match_statistics(candidates[[2, 3]], candidates, probs)
   assert stats["match_rate"] == 0.0 and stats["tvd"] == pytest.approx(1.0)
   # Threshold: a disc one pixel off matches at 0.5, not at 0.99.
   shifted = np.roll(candidates[2], 1, axis=1)[None]
   iou = float(metrics.iou(shifted[0], candidates[2]))
-  assert metrics.match_statistics(shifted, candidates, _toy()[1], threshold=iou)["match_rate"] == 1
-  assert metrics.match_statistics(shifted, candidates, _toy()[1], threshold=0.99)[
+  assert exact.match_statistics(shifted, candidates, _toy()[1], threshold=iou)["match_rate"] == 1
+  assert exact.match_statistics(shifted, candidates, _toy()[1], threshold=0.99)[
       "match_rate"] == 0
 
 
@@ -361,14 +361,14 @@ def test_disc_toy_reference_numbers():
   candidates = np.stack([_disc(cy, cx, radius, 64) for cy, cx in centres])
   smaller = np.stack([_disc(cy, cx, radius - 1, 64) for cy, cx in centres])
   idx = np.repeat(np.arange(3), [50, 30, 20])
-  floor = metrics.exact_ged_floor(candidates, probs, 100)
-  single = metrics.exact_ged_single_guess(candidates, probs)
-  one_pixel_small = metrics.exact_ged(smaller[idx], candidates, probs)
+  floor = exact.exact_ged_floor(candidates, probs, 100)
+  single = exact.exact_ged_single_guess(candidates, probs)
+  one_pixel_small = exact.exact_ged(smaller[idx], candidates, probs)
   assert floor == pytest.approx(0.0061, abs=5e-4)
   assert single == pytest.approx(0.37, abs=0.01)
   assert one_pixel_small == pytest.approx(0.104, abs=0.01)
   # Exactly the true frequencies beat the floor (which is for i.i.d. draws).
-  assert metrics.exact_ged(candidates[idx], candidates, probs) == pytest.approx(0, abs=1e-6)
+  assert exact.exact_ged(candidates[idx], candidates, probs) == pytest.approx(0, abs=1e-6)
 
 
 def test_ncc_with_saturated_probabilities_under_jit():

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from hpunet_jax import metrics
+from hpunet_jax.evaluation import exact
 
 # Two objects in an 8x8 image: object 0 in the left half (present / absent),
 # object 1 in the right half (tight 2x2 / loose 4x4 square).
@@ -30,7 +30,7 @@ def test_exact_reproduction_of_the_truth_scores_zero():
   probs = np.array([[0.5, 0.5], [0.75, 0.25]])
   # 8 samples whose joint frequencies equal the product distribution exactly.
   states = [(a, b) for a in (0, 1) for b in (0, 0, 0, 1)]
-  scores = metrics.factor_scores(_samples(states), REGIONS, STATES, probs)
+  scores = exact.factor_scores(_samples(states), REGIONS, STATES, probs)
   np.testing.assert_array_equal(scores["states"], states)
   np.testing.assert_allclose(scores["frequencies"], probs)
   np.testing.assert_allclose(scores["object_tvd"], [0.0, 0.0], atol=1e-12)
@@ -43,7 +43,7 @@ def test_perfectly_correlated_fair_objects_have_mutual_information_log_2():
   probs = np.full((2, 2), 0.5)
   # Both marginals are exactly right (TVD 0 per object) but the states move together.
   samples = _samples([(0, 0), (1, 1)] * 5)
-  scores = metrics.factor_scores(samples, REGIONS, STATES, probs)
+  scores = exact.factor_scores(samples, REGIONS, STATES, probs)
   np.testing.assert_allclose(scores["object_tvd"], [0.0, 0.0], atol=1e-12)
   assert scores["mutual_information"] == pytest.approx(math.log(2))
   # Joint: 1/2 on (0,0) and (1,1) against 1/4 on each of four: TVD 1/2.
@@ -55,7 +55,7 @@ def test_object_tvd_and_fidelity_of_drifting_and_fragmentary_samples():
   # Object 0 never absent (true 0.3); object 1 tight with half of the tight
   # square missing: assigned tight (IoU 0.5 > 2/16) at fidelity 0.5.
   fragment = STATES[0, 1] | (STATES[1, 0] & (np.arange(W) < 6)[None, :])
-  scores = metrics.factor_scores(np.stack([fragment] * 4), REGIONS, STATES, probs)
+  scores = exact.factor_scores(np.stack([fragment] * 4), REGIONS, STATES, probs)
   np.testing.assert_array_equal(scores["states"], [[1, 0]] * 4)
   np.testing.assert_allclose(scores["object_tvd"], [0.3, 0.4])
   np.testing.assert_allclose(scores["fidelity"], [1.0, 0.5])
@@ -70,17 +70,17 @@ def test_assignment_looks_only_inside_each_region():
   # `absent` object 0 unmatched: IoU 0 with absent (one empty, one not) and
   # 0 with present (no overlap); the tie goes to the first state.
   sample = _sample((0, 1))
-  scores = metrics.factor_scores(sample[None], REGIONS, STATES, probs)
+  scores = exact.factor_scores(sample[None], REGIONS, STATES, probs)
   np.testing.assert_allclose(scores["fidelity"], [1.0, 1.0])
   stray = sample.copy()
   stray[7, 0] = True                               # in object 0's region
-  scores = metrics.factor_scores(stray[None], REGIONS, STATES, probs)
+  scores = exact.factor_scores(stray[None], REGIONS, STATES, probs)
   np.testing.assert_array_equal(scores["states"], [[0, 1]])
   np.testing.assert_allclose(scores["fidelity"], [0.0, 1.0])
   # Touching the present square instead: assigned present at IoU 6/7.
   near = sample | STATES[0, 1]
   near[5, 1] = True
-  scores = metrics.factor_scores(near[None], REGIONS, STATES, probs)
+  scores = exact.factor_scores(near[None], REGIONS, STATES, probs)
   np.testing.assert_array_equal(scores["states"], [[1, 1]])
   np.testing.assert_allclose(scores["fidelity"], [6 / 7, 1.0])
 
@@ -88,28 +88,28 @@ def test_assignment_looks_only_inside_each_region():
 def test_total_correlation_of_three_objects():
   # Object 2 copies object 0, object 1 is independent of both: TC = log 2.
   states = np.array([[a, b, a] for a in (0, 1) for b in (0, 1)] * 3)
-  assert metrics.total_correlation(states, 2) == pytest.approx(math.log(2))
+  assert exact.total_correlation(states, 2) == pytest.approx(math.log(2))
   independent = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
-  assert metrics.total_correlation(independent, 2) == pytest.approx(0.0, abs=1e-12)
+  assert exact.total_correlation(independent, 2) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_floors_are_the_scores_of_exact_draws():
   probs = np.array([[0.5, 0.5], [0.5, 0.5]])
-  floors = metrics.factor_score_floors(probs, 100, num_draws=400)
+  floors = exact.factor_score_floors(probs, 100, num_draws=400)
   # E|f - 1/2| for a binomial(100, 1/2) frequency is 0.0398 (exact sum).
   np.testing.assert_allclose(floors["object_tvd"], 0.0398, atol=0.006)
   # Plug-in MI bias ~ (k-1)(l-1) / (2N) = 0.005 nats for two binary objects.
   assert 0.003 < floors["mutual_information"] < 0.008
   assert 0.03 < floors["joint_tvd"] < 0.12
-  many = metrics.factor_score_floors(probs, 10000, num_draws=50)
+  many = exact.factor_score_floors(probs, 10000, num_draws=50)
   assert many["mutual_information"] < 1e-3 and many["joint_tvd"] < 0.02
 
 
 def test_zero_probability_states_are_outside_the_support():
   probs = np.array([[0.0, 1.0], [1.0, 0.0]])
-  scores = metrics.factor_scores(_samples([(0, 1)]), REGIONS, STATES, probs)
+  scores = exact.factor_scores(_samples([(0, 1)]), REGIONS, STATES, probs)
   # Object 0 looks absent but absent has probability 0: assigned present at IoU 0.
   np.testing.assert_array_equal(scores["states"], [[1, 0]])
   np.testing.assert_allclose(scores["fidelity"], [0.0, 4 / 16])
   with pytest.raises(ValueError, match="state_probs has shape"):
-    metrics.factor_scores_from_iou(np.zeros((2, 3, 2)), np.full((3, 2), 0.5))
+    exact.factor_scores_from_iou(np.zeros((2, 3, 2)), np.full((3, 2), 0.5))

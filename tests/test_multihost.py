@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from hpunet_jax import summary
+from hpunet_jax.infra import writer as writer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=configs/synthetic.py:tiny"
@@ -62,7 +62,7 @@ def _finish(procs, timeout=TIMEOUT_S):
 
 
 def _records(workdir):
-  return summary.read_jsonl(os.path.join(workdir, summary.METRICS_FILE))
+  return writer_lib.read_jsonl(os.path.join(workdir, writer_lib.METRICS_FILE))
 
 
 def _event_files(workdir):

@@ -12,7 +12,7 @@ import sys
 
 from tensorboard.backend.event_processing import event_accumulator
 
-from hpunet_jax import summary
+from hpunet_jax.infra import writer as writer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,7 @@ def test_gs_workdir_and_data_dir_are_written_to_the_object_store(tmp_path):
   accumulator.Reload()
   assert [e.step for e in accumulator.Scalars("loss")] == [1, 2, 4, 6]
   assert any(f.startswith("figures/step_0000006") and f.endswith(".png") for f in files), files
-  records = summary.read_jsonl(run / summary.METRICS_FILE)
+  records = writer_lib.read_jsonl(run / writer_lib.METRICS_FILE)
   assert [r["step"] for r in records if "loss" in r] == [1, 2, 4, 6]
   assert any(any(k.startswith("eval/") for k in r) for r in records)
   # The dataset was built and uploaded: its files are in the store.

@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpunet_jax import config_lib, train
+from hpunet_jax import config_lib
+from hpunet_jax.model import cpu_conv
+from hpunet_jax.training import state as train
 
 BF16_LOSS_RTOL = 1e-2
 BF16_GRAD_COSINE = 0.99
@@ -103,16 +105,15 @@ def test_gemm_weight_gradient_equals_xlas(shape, kernel):
   """`model.gemm_weight_grad_sizes` changes how a gradient is computed, not its value.
 
   Non-square maps and kernels other than 3 included: the flattened-grid
-  shifts in `_gemm_weight_grad` depend on the padded width and the kernel.
+  shifts in `cpu_conv.gemm_weight_grad` depend on the padded width and the kernel.
   """
-  from hpunet_jax import model as model_lib
   batch, height, width, channels, out_channels = shape
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((batch, height, width, channels)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((kernel, kernel, channels, out_channels)), jnp.float32)
   g = jnp.asarray(rng.standard_normal((batch, height, width, out_channels)), jnp.float32)
-  expected = jax.vjp(model_lib._same_conv, x, w)[1](g)
-  actual = jax.vjp(model_lib._conv_gemm_weight_grad, x, w)[1](g)
+  expected = jax.vjp(cpu_conv.same_conv, x, w)[1](g)
+  actual = jax.vjp(cpu_conv.conv_gemm_weight_grad, x, w)[1](g)
   for a, e in zip(actual, expected):
     np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-4)
 

@@ -28,7 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpunet_jax import checkpoint, config_lib, release, tf_checkpoint, trainer
+from hpunet_jax import config_lib, release
+from hpunet_jax.evaluation import restore
+from hpunet_jax.infra import checkpoint, parallel
+from hpunet_jax.release import tf_checkpoint
+from hpunet_jax.training import loop
+from hpunet_jax.training import state as train_lib
 from hpunet_jax.data import pipeline
 from hpunet_jax.model import HPUNetConfig, make_model
 import test_data_lidc  # the tiny LIDC layout writer (tests/ is on sys.path under pytest)
@@ -217,7 +222,7 @@ def imported(tmp_path_factory):
 
 
 def test_import_writes_a_workdir_that_restores_like_a_run(imported, converted):
-  config, model, params, step = trainer.restore_params(imported)
+  config, model, params, step = restore.restore_params(imported)
   assert step == 0 and model.config == make_model(CONFIG).config
   for module, values in converted.params.items():
     for name, value in values.items():
@@ -235,11 +240,11 @@ def test_fine_tuning_starts_from_the_imported_weights(imported, converted, tmp_p
   """`train.init_from`: step 0, the imported network, a fresh optimiser and GECO state."""
   config = experiment_config()
   config.train.init_from = imported
-  mesh = trainer.parallel.make_mesh()
+  mesh = parallel.make_mesh()
   example = {"image": np.zeros((1, 8, 8, 1), np.float32),
              "segmentation": np.zeros((1, 8, 8, 2), np.float32)}
-  fresh = trainer.create_train_state(config, jax.random.key(1), example, mesh=mesh)
-  state = trainer._init_params_from(imported, fresh, mesh)  # pylint: disable=protected-access
+  fresh = train_lib.create_train_state(config, jax.random.key(1), example, mesh=mesh)
+  state = loop._init_params_from(imported, fresh, mesh)  # pylint: disable=protected-access
   assert int(state.step) == 0
   for module, values in converted.params.items():
     for name, value in values.items():
@@ -249,13 +254,13 @@ def test_fine_tuning_starts_from_the_imported_weights(imported, converted, tmp_p
     np.testing.assert_array_equal(a, b)
   other = experiment_config()
   other.model.channels_per_block = (4, 6, 8, 10)
-  other_state = trainer.create_train_state(other, jax.random.key(1), example, mesh=mesh)
+  other_state = train_lib.create_train_state(other, jax.random.key(1), example, mesh=mesh)
   with pytest.raises(ValueError, match="train.init_from"):
-    trainer._init_params_from(imported, other_state, mesh)  # pylint: disable=protected-access
+    loop._init_params_from(imported, other_state, mesh)  # pylint: disable=protected-access
 
 
 def test_colab_figures(imported, tmp_path):
-  config, model, params, _ = trainer.restore_params(imported)
+  config, model, params, _ = restore.restore_params(imported)
   paths, arrays = release.draw_colab_figures(model, params, config, "test",
                                              str(tmp_path / "colab"), num_samples=4)
   assert [os.path.basename(p) for p in paths] == [

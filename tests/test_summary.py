@@ -10,7 +10,8 @@ from PIL import Image
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from hpunet_jax import summary
+from hpunet_jax.infra import progress as progress_lib
+from hpunet_jax.infra import writer as writer_lib
 
 
 def _load(logdir):
@@ -22,7 +23,7 @@ def _load(logdir):
 
 
 def test_tensorboard_reads_the_scalars(tmp_path):
-  with summary.MetricWriter(tmp_path) as writer:
+  with writer_lib.MetricWriter(tmp_path) as writer:
     writer.write(1, {"loss": 2.5, "lambda": np.float32(0.25)})
     writer.write(2, {"loss": np.array(1.5), "kl": float("nan")})
     writer.write(2, {"ged_16": 0.75}, prefix="eval/")
@@ -38,7 +39,7 @@ def test_tensorboard_reads_the_scalars(tmp_path):
 
 def test_tensorboard_reads_figures_and_text(tmp_path):
   figure = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-  with summary.MetricWriter(tmp_path) as writer:
+  with writer_lib.MetricWriter(tmp_path) as writer:
     writer.write_images(100, {"figures/all_scales_free": figure})
     writer.write_text(0, {"config": "```\n{\"train\": {\"batch_size\": 32}}\n```"})
   board = _load(tmp_path)
@@ -53,12 +54,12 @@ def test_tensorboard_reads_figures_and_text(tmp_path):
 
 
 def test_jsonl_content(tmp_path):
-  with summary.MetricWriter(tmp_path) as writer:
+  with writer_lib.MetricWriter(tmp_path) as writer:
     writer.write(1, {"loss": np.float32(2.0), "count": np.int64(3)})
     writer.write(2, {"kl": float("inf"), "bad": float("nan")}, prefix="eval/")
     with pytest.raises(ValueError, match="'vector'"):
       writer.write(3, {"vector": np.ones(3)})
-  lines = open(tmp_path / summary.METRICS_FILE).read().splitlines()
+  lines = open(tmp_path / writer_lib.METRICS_FILE).read().splitlines()
   assert [json.loads(line) for line in lines] == [
       {"step": 1, "loss": 2.0, "count": 3.0},
       {"step": 2, "eval/kl": "inf", "eval/bad": "nan"},
@@ -66,20 +67,20 @@ def test_jsonl_content(tmp_path):
 
 
 def test_disabled_writer_writes_nothing(tmp_path):
-  with summary.MetricWriter(tmp_path / "run", enabled=False) as writer:
+  with writer_lib.MetricWriter(tmp_path / "run", enabled=False) as writer:
     writer.write(1, {"loss": 1.0})
   assert not os.path.exists(tmp_path / "run")
 
 
 def test_resume_truncates_jsonl_and_tensorboard_drops_the_replayed_steps(tmp_path):
-  with summary.MetricWriter(tmp_path) as writer:
+  with writer_lib.MetricWriter(tmp_path) as writer:
     for step in (10, 20, 30, 40):
       writer.write(step, {"loss": float(step)})
-  with open(tmp_path / summary.METRICS_FILE, "a") as f:
+  with open(tmp_path / writer_lib.METRICS_FILE, "a") as f:
     f.write('{"step": 50, "lo')  # A line cut short by a crash.
-  with summary.MetricWriter(tmp_path, resume_step=20) as writer:
+  with writer_lib.MetricWriter(tmp_path, resume_step=20) as writer:
     writer.write(30, {"loss": -30.0})
-  records = summary.read_jsonl(tmp_path / summary.METRICS_FILE)
+  records = writer_lib.read_jsonl(tmp_path / writer_lib.METRICS_FILE)
   assert records == [{"step": 10, "loss": 10.0}, {"step": 20, "loss": 20.0},
                      {"step": 30, "loss": -30.0}]
   assert not glob.glob(str(tmp_path / "*.tmp*"))
@@ -92,7 +93,7 @@ def test_resume_truncates_jsonl_and_tensorboard_drops_the_replayed_steps(tmp_pat
 
 def test_write_json_is_atomic_and_sanitised(tmp_path):
   path = tmp_path / "sub" / "evaluation.json"
-  summary.write_json(path, {"ged": np.float32(0.5), "per_class": np.arange(3),
+  writer_lib.write_json(path, {"ged": np.float32(0.5), "per_class": np.arange(3),
                             "nan": float("nan"), "nested": {"t": (1, 2)}})
   assert json.loads(path.read_text()) == {
       "ged": 0.5, "per_class": [0, 1, 2], "nan": "nan", "nested": {"t": [1, 2]}}
@@ -111,7 +112,7 @@ class _FakeClock:
 def test_progress_rate_excludes_first_step_and_eta():
   clock = _FakeClock()
   lines = []
-  progress = summary.Progress(1000, batch_size=32, clock=clock, print_fn=lines.append)
+  progress = progress_lib.Progress(1000, batch_size=32, clock=clock, print_fn=lines.append)
   clock.now += 30.0  # The first step, with compilation.
   first = progress.update(1, {"loss": 12.5, "lambda": 1.0})
   assert "step 1/1000" in first and "loss 12.5" in first and "lambda 1" in first
@@ -126,15 +127,15 @@ def test_progress_rate_excludes_first_step_and_eta():
 
 
 def test_format_duration():
-  assert summary.format_duration(0) == "0:00:00"
-  assert summary.format_duration(3725.4) == "1:02:05"
-  assert summary.format_duration(90000) == "25:00:00"
+  assert progress_lib.format_duration(0) == "0:00:00"
+  assert progress_lib.format_duration(3725.4) == "1:02:05"
+  assert progress_lib.format_duration(90000) == "25:00:00"
 
 
 def test_progress_counts_any_unit_and_throttles_lines():
   clock = _FakeClock()
   lines = []
-  progress = summary.Progress(100, clock=clock, print_fn=lines.append, unit="image", every_s=10)
+  progress = progress_lib.Progress(100, clock=clock, print_fn=lines.append, unit="image", every_s=10)
   clock.now += 5.0
   assert "first 16 images took 5.0s" in progress.update(16)
   clock.now += 2.0

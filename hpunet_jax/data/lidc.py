@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from hpunet_jax import summary
+from hpunet_jax.infra.progress import Progress
 from hpunet_jax.data import builders
 
 URL_ROOT = "https://storage.googleapis.com/hpunet-data/lidc_crops/"
@@ -431,7 +431,7 @@ class LidcCrops(builders.ArrayRecordBuilder):
             for split in SPLIT_FOLDERS}
 
   def _generate_examples(self, entries, image_size, split):
-    progress = summary.Progress(len(entries), unit="example", every_s=10, print_fn=functools.partial(
+    progress = Progress(len(entries), unit="example", every_s=10, print_fn=functools.partial(
         logging.info, "Reading lidc_crops/%s %s: %s", self.builder_config.name, split))
     for done, entry in enumerate(entries, 1):
       yield entry.key, load_example(entry, image_size, self.builder_config.num_channels)

@@ -46,80 +46,23 @@ import time
 from absl import logging
 from etils import epath
 import grain
-import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from hpunet_jax.data import augment
+from hpunet_jax.data.config import FAKE, default_config, validate_config  # pylint: disable=unused-import
+from hpunet_jax.data.config import _image_size
+from hpunet_jax.infra import files
 from hpunet_jax.data import lidc
 from hpunet_jax.data import synthetic  # pylint: disable=unused-import  (registers the builder)
 
-FAKE = "fake"
 FAKE_NUM_EXAMPLES = 64  # Per split; training repeats them forever.
 _FAKE_SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 
-def default_config():
-  """The `data` config group, with the defaults this module expects."""
-  return ml_collections.ConfigDict({
-      "name": "synthetic_multiscale",
-      "data_dir": ml_collections.FieldReference(None, field_type=str),
-      "manual_dir": ml_collections.FieldReference(None, field_type=str),
-      "crop_size": ml_collections.FieldReference(None, field_type=int),
-      "random_crop": False,
-      "random_flip": False,
-      "image_size": ml_collections.FieldReference(None, field_type=object),
-      "num_channels": 1,
-      "num_graders": ml_collections.FieldReference(None, field_type=int),
-      "read_threads": 4,
-      "prefetch_batches": 4,
-      "augment": augment.default_config(),
-  })
-
-
-def _image_size(data_config):
-  """`data.image_size` as `(H, W)`, or None."""
-  size = data_config.get("image_size")
-  if size is None:
-    return None
-  size = (size, size) if isinstance(size, int) else tuple(size)
-  if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-    raise ValueError(f"data.image_size={data_config.image_size!r}: need an int or (H, W)")
-  return size
-
-
-def validate_config(data_config):
-  """Raises ValueError naming the `data.*` field that is wrong."""
-  name = data_config.get("name")
-  if not isinstance(name, str) or not name:
-    raise ValueError(f"data.name={name!r}: need a dataset name or 'fake'")
-  image_size = _image_size(data_config)
-  crop_size = data_config.get("crop_size")
-  if crop_size is not None:
-    if not isinstance(crop_size, int) or crop_size <= 0:
-      raise ValueError(f"data.crop_size={crop_size!r}: need a positive int or None")
-    if image_size is not None and crop_size > min(image_size):
-      raise ValueError(f"data.crop_size={crop_size} is larger than data.image_size={image_size}")
-  if data_config.get("random_crop") and crop_size is None:
-    raise ValueError("data.random_crop=True needs data.crop_size")
-  augment.validate_config(data_config)
-  num_graders = data_config.get("num_graders")
-  if num_graders is not None and (not isinstance(num_graders, int) or num_graders <= 0):
-    raise ValueError(f"data.num_graders={num_graders!r}: need a positive int or None")
-  if name == FAKE:
-    if image_size is None:
-      raise ValueError("data.image_size must be set for data.name='fake'")
-    if data_config.get("num_channels", 1) <= 0:
-      raise ValueError(f"data.num_channels={data_config.num_channels!r}: need a positive int")
-  manual_dir = data_config.get("manual_dir")
-  if manual_dir is not None:
-    if not epath.Path(manual_dir).is_dir():
-      raise ValueError(f"data.manual_dir={manual_dir!r} is not a folder")
-
-
 def _is_remote(path) -> bool:
   """An object-store path (`gs://...`, `s3://...`): no local file can be opened on it."""
-  return path is not None and "://" in os.fspath(path)
+  return path is not None and not files.is_local(path)
 
 
 def _local_data_dir(data_config):
@@ -249,7 +192,7 @@ def prepare(data_config):
     logging.info("Preparing %s in %s%s.", data_config.name, builder.data_dir,
                  f" from manual_dir {manual_dir}" if manual_dir else "")
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    # The builders log progress lines with a rate and an ETA (summary.Progress);
+    # The builders log progress lines with a rate and an ETA (`infra.progress.Progress`);
     # tfds' own bars would repeat them without an ETA.
     tfds.display_progress_bar(False)
     try:
@@ -280,23 +223,22 @@ def prepare_on_all_processes(data_config):
   ValueError naming the processes and the field to set, before training.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  from hpunet_jax.infra import multihost  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     prepare(data_config)
     return
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   failed = None
   if jax.process_index() == 0:
     try:
       prepare(data_config)
     except Exception as e:  # pylint: disable=broad-except
       failed = e   # the others must not wait for a dataset that will not come
-  ok = multihost_utils.process_allgather(np.asarray(failed is None))
+  ok = multihost.gather_flags(failed is None)
   if not ok[0]:
     if failed is not None:
       raise failed
     raise ValueError(f"process 0 could not prepare {data_config.name} in {_where(data_config)}")
-  seen = data_config.name == FAKE or _builder(data_config).is_prepared()
-  seen = np.asarray(multihost_utils.process_allgather(np.asarray(seen))).reshape(-1)
+  seen = multihost.gather_flags(data_config.name == FAKE or _builder(data_config).is_prepared())
   missing = [int(i) for i in np.flatnonzero(~seen)]
   if missing:
     raise ValueError(

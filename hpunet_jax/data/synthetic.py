@@ -28,7 +28,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from hpunet_jax import summary
+from hpunet_jax.infra.progress import Progress
 from hpunet_jax.data import builders
 
 CANDIDATE_NAMES = ("empty", "tight", "medium", "loose")
@@ -217,7 +217,7 @@ class _GeneratedBuilder(builders.ArrayRecordBuilder, skip_registration=True):
 
   def _generate_examples(self, split, size):
     definition = self.builder_config.definition
-    progress = summary.Progress(size, unit="example", every_s=10, print_fn=functools.partial(
+    progress = Progress(size, unit="example", every_s=10, print_fn=functools.partial(
         logging.info, "Generating %s/%s %s: %s", self.name, self.builder_config.name, split))
     generate = type(self).generate
     for index in range(size):

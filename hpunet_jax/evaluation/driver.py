@@ -22,14 +22,16 @@ Which samples each score uses (N = `num_samples`, default 100):
   - `iou_rec`: the posterior-mean reconstruction from each grader in turn
     against that grader, averaged over graders.
 """
-import math
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpunet_jax import metrics
+from hpunet_jax.data import pipeline
+from hpunet_jax.evaluation import exact, metrics
+from hpunet_jax.infra.progress import Progress
 
 GED_SIZES = (16, 50, 100)
 HM_IOU_SIZE = 16
@@ -39,7 +41,7 @@ EXACT_KEYS = ("exact_ged", "exact_ged_floor", "exact_ged_single_guess", "exact_g
               "match_rate", "tvd")
 # Scores that are undefined (NaN) for some images; `<key>_num_nan` counts them.
 NAN_KEYS = ("ncc", "exact_ged_normalised")
-_ORDER = tuple(f"ged_{n}" for n in GED_SIZES) + (
+ORDER = tuple(f"ged_{n}" for n in GED_SIZES) + (
     f"hm_iou_{HM_IOU_SIZE}", "iou_rec", "ncc", "diversity") + EXACT_KEYS
 
 # Batch keys of data that declares independent objects (`synthetic_objects`).
@@ -90,7 +92,7 @@ def _device_fn(model, num_samples):
       out["iou_cc"] = metrics.pairwise_iou(candidates, candidates)
     if objects is not None:
       regions, state_masks = objects
-      out["iou_ons"] = metrics.object_state_iou(samples, regions, state_masks)  # [b, O, N, S]
+      out["iou_ons"] = exact.object_state_iou(samples, regions, state_masks)  # [b, O, N, S]
     return out
 
   jitted = jax.jit(device_fn)
@@ -102,16 +104,16 @@ _FLOORS: dict = {}
 
 
 def _factor_floors(state_probs, num_samples):
-  """`metrics.factor_score_floors`, cached per distinct `(state_probs, N)`."""
+  """`exact.factor_score_floors`, cached per distinct `(state_probs, N)`."""
   key = (np.asarray(state_probs, np.float32).tobytes(), np.shape(state_probs), num_samples)
   if key not in _FLOORS:
-    _FLOORS[key] = metrics.factor_score_floors(state_probs, num_samples, num_draws=1000)
+    _FLOORS[key] = exact.factor_score_floors(state_probs, num_samples, num_draws=1000)
   return _FLOORS[key]
 
 
 def _factor_scores(iou_ons, state_probs, num_samples) -> dict:
   """One image's per-object scores and their floors, as flat scalar entries."""
-  scores = metrics.factor_scores_from_iou(iou_ons, state_probs)
+  scores = exact.factor_scores_from_iou(iou_ons, state_probs)
   floors = _factor_floors(state_probs, num_samples)
   flat = {"joint_tvd": scores["joint_tvd"], "joint_tvd_floor": floors["joint_tvd"],
           "mutual_information": scores["mutual_information"],
@@ -127,7 +129,7 @@ def _factor_scores(iou_ons, state_probs, num_samples) -> dict:
   return flat
 
 
-def _first_examples(batches: Iterable[Mapping[str, Any]], num_examples: Optional[int]):
+def first_examples(batches: Iterable[Mapping[str, Any]], num_examples: Optional[int]):
   """`(index, batch)` of `enumerate(batches)`, cut to the first `num_examples` images.
 
   The index is the batch's position in `batches` (it keys the batch's PRNG
@@ -174,7 +176,7 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
   add = lambda key, values: scores.setdefault(key, []).append(np.asarray(values, np.float64))
   subset = []
   seen = 0
-  for index, batch in _first_examples(batches, num_examples):
+  for index, batch in first_examples(batches, num_examples):
     images = np.asarray(batch["image"], np.float32)
     masks = np.asarray(batch["masks"], np.float32)
     if images.shape[0] == 0:
@@ -205,17 +207,17 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
     if has_candidates:
       probs = np.asarray(batch["candidate_probs"], np.float64)
       for i in range(batch_size):
-        exact = metrics.exact_ged_from_iou(out["iou_sc"][i], out["iou_ss"][i], out["iou_cc"][i],
-                                           probs[i])
-        floor = metrics.exact_ged_floor_from_iou(out["iou_cc"][i], probs[i], num_samples)
-        single = metrics.exact_ged_single_guess_from_iou(out["iou_cc"][i], probs[i])
-        matches = metrics.match_statistics_from_iou(out["iou_sc"][i], probs[i])
-        add("exact_ged", [exact])
+        ged = exact.exact_ged_from_iou(out["iou_sc"][i], out["iou_ss"][i], out["iou_cc"][i],
+                                       probs[i])
+        floor = exact.exact_ged_floor_from_iou(out["iou_cc"][i], probs[i], num_samples)
+        single = exact.exact_ged_single_guess_from_iou(out["iou_cc"][i], probs[i])
+        matches = exact.match_statistics_from_iou(out["iou_sc"][i], probs[i])
+        add("exact_ged", [ged])
         add("exact_ged_floor", [floor])
         add("exact_ged_single_guess", [single])
         # A distribution with one candidate has single guess == floor == 0.
         add("exact_ged_normalised",
-            [metrics.normalised_ged(exact, floor, single) if single > floor else np.nan])
+            [exact.normalised_ged(ged, floor, single) if single > floor else np.nan])
         add("match_rate", [matches["match_rate"]])
         add("tvd", [matches["tvd"]])
 
@@ -246,7 +248,7 @@ def summarise(scores: Mapping[str, np.ndarray], *, num_bootstrap: int = 1000,
     results[f"{key}_std"] = stats["std"]
     results[f"{key}_ci"] = [stats["ci_low"], stats["ci_high"]]
 
-  for key in _ORDER:
+  for key in ORDER:
     if key not in scores:
       continue
     values = np.asarray(scores[key], np.float64)
@@ -293,268 +295,47 @@ def evaluate(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
   return summarise(scores, num_bootstrap=num_bootstrap)
 
 
-def _format_number(x) -> str:
-  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+# ---------------------------------------------------------------------------
+# The evaluation a run's config asks for: its eval batches, with progress lines.
+
+def eval_batches(config, split, num_examples=None):
+  """The eval iterator of `split` with the config's `eval.batch_size`."""
+  return pipeline.make_eval_iterator(config.data, split, batch_size=config.eval.batch_size,
+                                     num_examples=num_examples)
 
 
-def format_table(results: Mapping[str, Any]) -> str:
-  """One readable table of `evaluate`'s results.
-
-  Columns: metric | mean ± std | 95% CI | subset B (mean ± std). Below it, where
-  exact scores exist, the model's exact GED beside its references (the floor
-  of a perfect sampler and the single best guess).
-  """
-  rows = [("metric", "mean ± std", "95% CI", "subset B")]
-  for key in _ORDER:
-    if key not in results:
-      continue
-    low, high = results[f"{key}_ci"]
-    subset = "-"
-    if f"{key}_subset_b" in results:
-      subset = (f"{_format_number(results[f'{key}_subset_b'])} ± "
-                f"{_format_number(results[f'{key}_subset_b_std'])}")
-    rows.append((key, f"{_format_number(results[key])} ± {_format_number(results[f'{key}_std'])}",
-                 f"[{_format_number(low)}, {_format_number(high)}]", subset))
-  widths = [max(len(row[c]) for row in rows) for c in range(4)]
-  line = lambda row: " | ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-  lines = [line(rows[0]), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
-  lines.append(f"images: {results.get('num_images', 0)}, subset B: "
-               f"{results.get('num_images_subset_b', 0)}")
-  for key in NAN_KEYS:
-    if results.get(f"{key}_num_nan"):
-      lines.append(f"{key}: undefined for {results[f'{key}_num_nan']} images (constant maps), "
-                   f"left out of its mean")
-  if "exact_ged" in results:
-    lines += [
-        "",
-        f"exact GED (images with a known distribution: {results.get('num_images_exact', 0)})",
-        f"  model         {_format_number(results['exact_ged'])}",
-        f"  floor         {_format_number(results['exact_ged_floor'])}"
-        "  (expected score of samples drawn from the true distribution)",
-        f"  single guess  {_format_number(results['exact_ged_single_guess'])}"
-        "  (always the most probable candidate)",
-        f"  normalised    {_format_number(results['exact_ged_normalised'])}"
-        "  (0 = floor, 1 = single guess)",
-        f"  match rate    {_format_number(results['match_rate'])}"
-        f", TVD {_format_number(results['tvd'])}",
-    ]
-  if "joint_tvd" in results:
-    lines += ["", format_factor_scores(results)]
-  return "\n".join(lines)
+def select_examples(config, split, num_examples, indices):
+  """One batch of `split`: its first `num_examples` images, or those at `indices`."""
+  if indices is None:
+    return next(iter(eval_batches(config, split, num_examples)))
+  indices = list(indices)
+  needed = max(indices) + 1
+  total = pipeline.num_examples(config.data, split)
+  if needed > total:
+    raise ValueError(f"--indices: index {max(indices)} is out of range for {split} "
+                     f"({total} examples)")
+  collected = []
+  for batch in eval_batches(config, split, needed):
+    collected.append(batch)
+  merged = {k: np.concatenate([b[k] for b in collected]) for k in collected[0]}
+  return {k: v[indices] for k, v in merged.items()}
 
 
-def format_factor_scores(results: Mapping[str, Any]) -> str:
-  """The per-object scores of `evaluate`'s results (data with independent objects)."""
-  def cell(key):
-    low, high = results[f"{key}_ci"]
-    return f"{_format_number(results[key])} [{_format_number(low)}, {_format_number(high)}]"
-  num_objects = sum(1 for k in results if k.startswith("fidelity_") and not k.endswith(("_std", "_ci")))
-  lines = ["per-object scores (each sample's state per object: highest IoU inside the "
-           "object's region)",
-           f"  joint TVD           {cell('joint_tvd')}  floor "
-           f"{_format_number(results['joint_tvd_floor'])}",
-           f"  mutual information  {cell('mutual_information')}  floor "
-           f"{_format_number(results['mutual_information_floor'])} nats",
-           f"  fidelity (mean)     {cell('fidelity')}"]
-  for o in range(num_objects):
-    frequencies = []
-    s = 0
-    while f"frequency_{o}_{s}" in results:
-      frequencies.append(_format_number(results[f"frequency_{o}_{s}"]))
-      s += 1
-    lines.append(f"  object {o}: TVD {cell(f'object_tvd_{o}')} floor "
-                 f"{_format_number(results[f'object_tvd_floor_{o}'])}, fidelity "
-                 f"{cell(f'fidelity_{o}')}, state frequencies {' / '.join(frequencies)}")
-  return "\n".join(lines)
+def evaluation_progress(config, split, num_examples, *, print_fn=logging.info):
+  """A `Progress` over the images of `split` that an evaluation will see."""
+  total = pipeline.num_examples(config.data, split)
+  if num_examples is not None:
+    total = min(total, num_examples)
+  return Progress(total, unit="image", every_s=30, print_fn=print_fn)
 
 
-def scale_variants(num_scales):
-  """`mean` settings that free all scales, only the coarsest, or only the finest."""
-  variants = {"all scales free": False}
-  if num_scales > 1:
-    variants["coarsest free"] = tuple(i != 0 for i in range(num_scales))
-    variants["finest free"] = tuple(i != num_scales - 1 for i in range(num_scales))
-  return variants
-
-
-def factor_statistics(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
-                      num_samples: int = 100, num_examples: Optional[int] = None,
-                      on_batch: Optional[Callable[[int], Any]] = None) -> dict:
-  """Which factor of a known distribution each latent scale carries.
-
-  For data whose candidates are one empty mask (the *global* factor: is there
-  a foreground at all) and several non-empty variants (the *local* factor:
-  which boundary), each sample is assigned to its nearest candidate (highest
-  IoU). Per `scale_variants` setting, averaged over images:
-
-  - `p_foreground`: share of samples that are not the empty candidate (the
-    true value is `1 - p(empty)`);
-  - `global_tvd`: |p_foreground - true p_foreground|, the total-variation
-    distance over the global factor alone;
-  - `local_tvd`: total-variation distance between the variants' frequencies
-    among foreground samples and the true conditional probabilities (over
-    images with foreground samples);
-  - `local_entropy`: entropy (nats) of the variants among foreground samples:
-    0 when the local factor does not vary;
-  - `match_rate`: share of samples within IoU 0.9 of their candidate.
-
-  `on_batch`, if given, is called after each batch with the images done so far.
-
-  Returns:
-    `{variant: {statistic: value}}`.
-  """
-  variants = scale_variants(model.config.num_scales)
-  sums = {v: {} for v in variants}
-  counts = {v: {} for v in variants}
-
-  def add(variant, key, value):
-    sums[variant][key] = sums[variant].get(key, 0.0) + value
-    counts[variant][key] = counts[variant].get(key, 0) + 1
-
-  seen = 0
-  for index, batch in _first_examples(batches, num_examples):
-    if "candidates" not in batch:
-      raise ValueError("factor_statistics needs data with candidates (e.g. synthetic_multiscale)")
-    images = jnp.asarray(batch["image"], jnp.float32)
-    candidates = np.asarray(batch["candidates"]) > 0.5               # [b, K, H, W]
-    probs = np.asarray(batch["candidate_probs"], np.float64)
-    for v_index, (variant, mean) in enumerate(variants.items()):
-      logits = model.sample(params, jax.random.fold_in(jax.random.fold_in(rng, index), v_index),
-                            images, num_samples=num_samples, mean=mean)
-      samples = jnp.moveaxis(jnp.argmax(logits, -1) == 1, 0, 1)       # [b, N, H, W]
-      iou = np.asarray(metrics.batched_pairwise_iou(samples, jnp.asarray(candidates)))
-      for i in range(images.shape[0]):
-        empty = ~candidates[i].reshape(candidates.shape[1], -1).any(axis=1)
-        if empty.sum() != 1:
-          raise ValueError("factor_statistics needs exactly one empty candidate per image")
-        nearest = np.argmax(iou[i], axis=1)
-        is_fg = ~empty[nearest]
-        p_fg_true = 1.0 - probs[i][empty].sum()
-        add(variant, "p_foreground", is_fg.mean())
-        add(variant, "global_tvd", abs(is_fg.mean() - p_fg_true))
-        add(variant, "match_rate", (iou[i][np.arange(len(nearest)), nearest] >= 0.9).mean())
-        if is_fg.any():
-          local = np.bincount(nearest[is_fg], minlength=len(empty))[~empty] / is_fg.sum()
-          true_local = probs[i][~empty] / p_fg_true
-          add(variant, "local_tvd", 0.5 * np.abs(local - true_local).sum())
-          nonzero = local[local > 0]
-          add(variant, "local_entropy", float(-(nonzero * np.log(nonzero)).sum()))
-    seen += images.shape[0]
-    if on_batch is not None:
-      on_batch(seen)
-  return {v: {k: sums[v][k] / counts[v][k] for k in sums[v]} for v in variants}
-
-
-def format_factor_table(stats: Mapping[str, Mapping[str, float]], true_p_foreground=None) -> str:
-  """A table of `factor_statistics` (one row per setting)."""
-  keys = ("p_foreground", "global_tvd", "local_tvd", "local_entropy", "match_rate")
-  lines = ["setting          | " + " | ".join(f"{k:>13}" for k in keys),
-           "-----------------+-" + "-+-".join("-" * 13 for _ in keys)]
-  for variant, values in stats.items():
-    lines.append(f"{variant:<16} | " + " | ".join(
-        f"{values[k]:13.3f}" if k in values else f"{'-':>13}" for k in keys))
-  if true_p_foreground is not None:
-    lines.append(f"(true p_foreground {true_p_foreground:.3f})")
-  return "\n".join(lines)
-
-
-def single_scale_variants(model_config, image_size):
-  """`mean` settings: all free, none free, and each scale alone free (named by size)."""
-  num_scales = model_config.num_scales
-  shapes = model_config.latent_shapes(image_size, image_size)
-  variants = {"all scales free": False, "none free (all means)": True}
-  if num_scales > 1:
-    for i, (h, w, _) in enumerate(shapes):
-      variants[f"only {h}x{w} free"] = tuple(j != i for j in range(num_scales))
-  return variants
-
-
-def object_factor_statistics(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
-                             num_samples: int = 100, num_examples: Optional[int] = None,
-                             on_batch: Optional[Callable[[int], Any]] = None) -> dict:
-  """Which latent scale carries which object's factor (data with independent objects).
-
-  For each `single_scale_variants` setting, samples are drawn and each
-  sample's state of each object assigned as in `metrics.factor_scores`.
-  Averaged over images, per object o:
-
-  - `frequency_<o>`: share of samples in the object's state 1 (`present` /
-    `loose` in `synthetic_objects`);
-  - `entropy_<o>`: entropy (nats) of its state among the samples: 0 when
-    the object does not vary under this setting;
-  - `moved_<o>`: TVD between its state frequencies under this setting and
-    with every scale at its mean: how far freeing these scales moves it;
-  - `tvd_<o>`: TVD of its state frequencies to the truth;
-
-  and `joint_tvd`, `mutual_information`, `fidelity` (mean over objects).
-  `on_batch`, if given, is called after each batch with the images done so far.
-
-  Returns:
-    `{setting: {statistic: value}}`.
-  """
-  variants = None
-  sums: dict = {}
-  count = 0
-  for index, batch in _first_examples(batches, num_examples):
-    if OBJECT_KEYS[0] not in batch:
-      raise ValueError("object_factor_statistics needs data with object regions "
-                       "(e.g. synthetic_objects)")
-    images = jnp.asarray(batch["image"], jnp.float32)
-    if variants is None:
-      variants = single_scale_variants(model.config, images.shape[1])
-      sums = {v: {} for v in variants}
-    regions = jnp.asarray(batch["object_regions"])
-    state_masks = jnp.asarray(batch["object_states"])
-    state_probs = np.asarray(batch["object_state_probs"], np.float64)
-    per_variant = {}
-    for v_index, (variant, mean) in enumerate(variants.items()):
-      logits = model.sample(params, jax.random.fold_in(jax.random.fold_in(rng, index), v_index),
-                            images, num_samples=num_samples, mean=mean)
-      samples = jnp.moveaxis(jnp.argmax(logits, -1) == 1, 0, 1)        # [b, N, H, W]
-      iou = np.asarray(metrics.object_state_iou(samples, regions, state_masks))
-      per_variant[variant] = [metrics.factor_scores_from_iou(iou[i], state_probs[i])
-                              for i in range(images.shape[0])]
-    reference = per_variant["none free (all means)"]
-    for variant, scores in per_variant.items():
-      for i, score in enumerate(scores):
-        values = {"joint_tvd": score["joint_tvd"],
-                  "mutual_information": score["mutual_information"],
-                  "fidelity": float(np.mean(score["fidelity"]))}
-        for o, frequencies in enumerate(score["frequencies"]):
-          values[f"frequency_{o}"] = frequencies[1]
-          nonzero = frequencies[frequencies > 0]
-          values[f"entropy_{o}"] = float(-(nonzero * np.log(nonzero)).sum())
-          values[f"moved_{o}"] = 0.5 * float(np.abs(
-              frequencies - reference[i]["frequencies"][o]).sum())
-          values[f"tvd_{o}"] = score["object_tvd"][o]
-        for key, value in values.items():
-          sums[variant][key] = sums[variant].get(key, 0.0) + value
-    count += images.shape[0]
-    if on_batch is not None:
-      on_batch(count)
-  if not count:
-    raise ValueError("object_factor_statistics saw no images")
-  return {v: {k: x / count for k, x in sums[v].items()} for v in variants}
-
-
-def format_object_factor_table(stats: Mapping[str, Mapping[str, float]],
-                               state_probs=None) -> str:
-  """A table of `object_factor_statistics` (one row per setting)."""
-  first = next(iter(stats.values()))
-  num_objects = sum(1 for k in first if k.startswith("frequency_"))
-  header = ["setting".ljust(22)]
-  for o in range(num_objects):
-    header += [f"p{o} state 1", f"H{o}", f"moved{o}", f"TVD{o}"]
-  header += ["joint TVD", "MI", "fidelity"]
-  lines = [" | ".join(f"{h:>10}" if i else h for i, h in enumerate(header))]
-  for variant, values in stats.items():
-    cells = [variant.ljust(22)]
-    for o in range(num_objects):
-      cells += [f"{values[f'{k}_{o}']:10.3f}" for k in ("frequency", "entropy", "moved", "tvd")]
-    cells += [f"{values[k]:10.3f}" for k in ("joint_tvd", "mutual_information", "fidelity")]
-    lines.append(" | ".join(cells))
-  if state_probs is not None:
-    truth = ", ".join(f"object {o}: {p[1]:.2f}" for o, p in enumerate(np.asarray(state_probs)))
-    lines.append(f"(true P(state 1): {truth}; Ho: entropy of object o's state, nats; moved: TVD "
-                 "from the all-means setting)")
-  return "\n".join(lines)
+def run_evaluation(model, params, config, split, *, num_samples=None, num_examples=None,
+                   rng=None, print_fn=logging.info):
+  """Evaluates `params` on `split` with the config's eval settings, with progress lines."""
+  num_samples = num_samples or config.eval.num_samples
+  num_examples = num_examples if num_examples is not None else config.eval.num_examples
+  rng = jax.random.key(config.train.seed + 1) if rng is None else rng
+  progress = evaluation_progress(config, split, num_examples, print_fn=print_fn)
+  return evaluate(model, params, eval_batches(config, split, num_examples), rng=rng,
+                             num_samples=num_samples, num_examples=num_examples,
+                             on_batch=progress.update)

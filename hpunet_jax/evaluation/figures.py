@@ -18,12 +18,19 @@ Example:
   figures.save_figure(path, figures.figure(panels, title="step 1000, val"))
 """
 import functools
+import io
 import math
 from typing import Optional, Sequence
 
-from etils import epath
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+import jax
+import jax.numpy as jnp
+
+from hpunet_jax.evaluation import driver, scales
+from hpunet_jax.infra import files
+from hpunet_jax.infra.progress import Progress
 
 BACKGROUND = (64, 64, 64)
 TEXT_COLOR = (255, 255, 255)
@@ -281,12 +288,9 @@ def save_figure(path, array: np.ndarray) -> None:
 
   Written to a temporary name and renamed, so a reader never sees half a file.
   """
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f"{path.name}.tmp.png"
-  with tmp.open("wb") as f:
-    Image.fromarray(np.asarray(array, np.uint8)).save(f, format="PNG")
-  tmp.replace(path)
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(array, np.uint8)).save(buffer, format="PNG")
+  files.atomic_write(path, buffer.getvalue())
 
 
 def colab_figure(images: np.ndarray, graders: np.ndarray, reconstructions: np.ndarray,
@@ -307,3 +311,48 @@ def colab_figure(images: np.ndarray, graders: np.ndarray, reconstructions: np.nd
   panels = [example_panel(images[i], graders[i], reconstructions[i], samples[:, i],
                           labels=(i == 0)) for i in range(len(images))]
   return figure(panels, title=title)
+
+
+# ---------------------------------------------------------------------------
+# The sample figures of a model on a split (training's evaluations, `experiments.sample`).
+
+def draw_figures(model, params, config, split, path_prefix, *, num_examples=None, rng=None,
+                 num_samples=16, indices=None, title="", writer=None, step=None, print_fn=None):
+  """Writes the sample figures (all scales free, coarsest only, finest only).
+
+  With a `writer` (`infra.writer.MetricWriter`), the figures also go to TensorBoard
+  at `step`, tagged `figures/all_scales_free` etc. With a `print_fn`, a
+  progress line per figure goes to it.
+
+  Returns the paths written and the arrays drawn (for `experiments.sample`).
+  """
+  num_examples = num_examples or config.eval.num_figure_examples
+  rng = jax.random.key(0) if rng is None else rng
+  batch = driver.select_examples(config, split, num_examples, indices)
+  images = jnp.asarray(batch["image"])
+  masks = np.moveaxis(np.asarray(batch["masks"]), -1, 1)          # [b, M, H, W]
+  first_grader = jax.nn.one_hot(jnp.asarray(masks[:, 0] > 0.5, jnp.int32), 2)
+  recon = model.reconstruct(params, rng, images, first_grader, mean=True)
+  recon = np.asarray(jnp.argmax(recon, -1) == 1)
+  written, arrays = [], {"image": np.asarray(batch["image"]), "masks": masks,
+                         "reconstruction": recon}
+  variants = scales.figure_variants(model.config.num_scales)
+  progress = Progress(len(variants), unit="figure", print_fn=print_fn)
+  for variant, mean in variants:
+    name, suffix, which = variant
+    logits = model.sample(params, jax.random.fold_in(rng, len(written)), images,
+                          num_samples=num_samples, mean=mean)
+    probs = np.asarray(jax.nn.softmax(logits, -1)[..., 1])          # [N, b, H, W]
+    samples = probs > 0.5
+    panels = [example_panel(arrays["image"][i], masks[i], recon[i], samples[:, i],
+                                    labels=(i == 0)) for i in range(images.shape[0])]
+    path = f"{path_prefix}{suffix}.png"
+    drawn = figure(panels, title=f"{title}{which}")
+    save_figure(path, drawn)
+    if writer is not None:
+      writer.write_images(step, {f"figures/{name.replace(' ', '_')}": drawn})
+    written.append(path)
+    progress.update(len(written))
+    arrays[f"samples{suffix}"] = samples
+    arrays[f"probabilities{suffix}"] = probs.astype(np.float16)
+  return written, arrays

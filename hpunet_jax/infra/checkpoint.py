@@ -56,6 +56,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hpunet_jax.infra import files
+
 _STATE = "state"
 _EXTRA = "extra"
 _CHECKSUMS = "_checksums"   # reserved key of the `extra` item
@@ -190,7 +192,7 @@ class Checkpointer:
   def __init__(self, directory, *, max_to_keep: Optional[int] = 3,
                async_save: bool = True, read_only: bool = False):
     directory = epath.Path(directory)
-    if "://" not in os.fspath(directory):
+    if files.is_local(directory):
       directory = epath.Path(os.path.abspath(os.fspath(directory)))
     self._directory = directory
     self._read_only = read_only

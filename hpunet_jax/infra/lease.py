@@ -43,15 +43,13 @@ from typing import Optional
 from absl import logging
 from etils import epath
 
+from hpunet_jax.infra import files
+
 LEASE_FILE = "lease.json"
 
 
 class WorkdirBusyError(RuntimeError):
   """Another live process holds the workdir's lease."""
-
-
-def _is_local(path: epath.Path) -> bool:
-  return "://" not in os.fspath(path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -89,7 +87,7 @@ class WorkdirLease:
     self.path = epath.Path(workdir) / LEASE_FILE
     self._refresh_interval = refresh_interval
     self._stale_after = stale_after
-    self._settle = (0.1 if _is_local(self.path) else 2.0) if settle is None else settle
+    self._settle = (0.1 if files.is_local(self.path) else 2.0) if settle is None else settle
     self._record = None
     self._lost = None          # the record that replaced ours, once we lost the lease
     self._stop = threading.Event()
@@ -145,7 +143,7 @@ class WorkdirLease:
   def _create(self, record: dict) -> bool:
     """Creates the lease file only if absent; False if it exists."""
     text = json.dumps(record)
-    if _is_local(self.path):
+    if files.is_local(self.path):
       try:
         fd = os.open(os.fspath(self.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
       except FileExistsError:
@@ -159,16 +157,8 @@ class WorkdirLease:
     return True
 
   def _overwrite(self, record: dict):
-    tmp = self.path.with_name(f"{LEASE_FILE}.tmp{os.getpid()}")
-    try:
-      tmp.write_text(json.dumps(record))
-      tmp.replace(self.path)
-    except OSError:
-      try:
-        tmp.unlink()   # e.g. a full disk: leave nothing behind
-      except OSError:
-        pass
-      raise
+    # A failed write (a full disk) leaves no temporary file behind.
+    files.atomic_write(self.path, json.dumps(record), mkdir=False)
 
   # -- the lease ---------------------------------------------------------------
 

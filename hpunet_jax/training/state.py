@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hpunet_jax import config_lib, objective, parallel
+from hpunet_jax import config_lib, objective
+from hpunet_jax.infra import parallel
 from hpunet_jax.data import augment
 from hpunet_jax.model import l2_penalty, make_model
 

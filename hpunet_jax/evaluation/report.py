@@ -1,0 +1,118 @@
+"""Text reports of the evaluation: the metric table and the scale-analysis tables."""
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from hpunet_jax.evaluation.driver import NAN_KEYS, ORDER
+
+
+def _format_number(x) -> str:
+  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+  """One readable table of `evaluate`'s results.
+
+  Columns: metric | mean ± std | 95% CI | subset B (mean ± std). Below it, where
+  exact scores exist, the model's exact GED beside its references (the floor
+  of a perfect sampler and the single best guess).
+  """
+  rows = [("metric", "mean ± std", "95% CI", "subset B")]
+  for key in ORDER:
+    if key not in results:
+      continue
+    low, high = results[f"{key}_ci"]
+    subset = "-"
+    if f"{key}_subset_b" in results:
+      subset = (f"{_format_number(results[f'{key}_subset_b'])} ± "
+                f"{_format_number(results[f'{key}_subset_b_std'])}")
+    rows.append((key, f"{_format_number(results[key])} ± {_format_number(results[f'{key}_std'])}",
+                 f"[{_format_number(low)}, {_format_number(high)}]", subset))
+  widths = [max(len(row[c]) for row in rows) for c in range(4)]
+  line = lambda row: " | ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+  lines = [line(rows[0]), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
+  lines.append(f"images: {results.get('num_images', 0)}, subset B: "
+               f"{results.get('num_images_subset_b', 0)}")
+  for key in NAN_KEYS:
+    if results.get(f"{key}_num_nan"):
+      lines.append(f"{key}: undefined for {results[f'{key}_num_nan']} images (constant maps), "
+                   f"left out of its mean")
+  if "exact_ged" in results:
+    lines += [
+        "",
+        f"exact GED (images with a known distribution: {results.get('num_images_exact', 0)})",
+        f"  model         {_format_number(results['exact_ged'])}",
+        f"  floor         {_format_number(results['exact_ged_floor'])}"
+        "  (expected score of samples drawn from the true distribution)",
+        f"  single guess  {_format_number(results['exact_ged_single_guess'])}"
+        "  (always the most probable candidate)",
+        f"  normalised    {_format_number(results['exact_ged_normalised'])}"
+        "  (0 = floor, 1 = single guess)",
+        f"  match rate    {_format_number(results['match_rate'])}"
+        f", TVD {_format_number(results['tvd'])}",
+    ]
+  if "joint_tvd" in results:
+    lines += ["", format_factor_scores(results)]
+  return "\n".join(lines)
+
+
+def format_factor_scores(results: Mapping[str, Any]) -> str:
+  """The per-object scores of `evaluate`'s results (data with independent objects)."""
+  def cell(key):
+    low, high = results[f"{key}_ci"]
+    return f"{_format_number(results[key])} [{_format_number(low)}, {_format_number(high)}]"
+  num_objects = sum(1 for k in results if k.startswith("fidelity_") and not k.endswith(("_std", "_ci")))
+  lines = ["per-object scores (each sample's state per object: highest IoU inside the "
+           "object's region)",
+           f"  joint TVD           {cell('joint_tvd')}  floor "
+           f"{_format_number(results['joint_tvd_floor'])}",
+           f"  mutual information  {cell('mutual_information')}  floor "
+           f"{_format_number(results['mutual_information_floor'])} nats",
+           f"  fidelity (mean)     {cell('fidelity')}"]
+  for o in range(num_objects):
+    frequencies = []
+    s = 0
+    while f"frequency_{o}_{s}" in results:
+      frequencies.append(_format_number(results[f"frequency_{o}_{s}"]))
+      s += 1
+    lines.append(f"  object {o}: TVD {cell(f'object_tvd_{o}')} floor "
+                 f"{_format_number(results[f'object_tvd_floor_{o}'])}, fidelity "
+                 f"{cell(f'fidelity_{o}')}, state frequencies {' / '.join(frequencies)}")
+  return "\n".join(lines)
+
+
+def format_factor_table(stats: Mapping[str, Mapping[str, float]], true_p_foreground=None) -> str:
+  """A table of `factor_statistics` (one row per setting)."""
+  keys = ("p_foreground", "global_tvd", "local_tvd", "local_entropy", "match_rate")
+  lines = ["setting          | " + " | ".join(f"{k:>13}" for k in keys),
+           "-----------------+-" + "-+-".join("-" * 13 for _ in keys)]
+  for variant, values in stats.items():
+    lines.append(f"{variant:<16} | " + " | ".join(
+        f"{values[k]:13.3f}" if k in values else f"{'-':>13}" for k in keys))
+  if true_p_foreground is not None:
+    lines.append(f"(true p_foreground {true_p_foreground:.3f})")
+  return "\n".join(lines)
+
+
+def format_object_factor_table(stats: Mapping[str, Mapping[str, float]],
+                               state_probs=None) -> str:
+  """A table of `object_factor_statistics` (one row per setting)."""
+  first = next(iter(stats.values()))
+  num_objects = sum(1 for k in first if k.startswith("frequency_"))
+  header = ["setting".ljust(22)]
+  for o in range(num_objects):
+    header += [f"p{o} state 1", f"H{o}", f"moved{o}", f"TVD{o}"]
+  header += ["joint TVD", "MI", "fidelity"]
+  lines = [" | ".join(f"{h:>10}" if i else h for i, h in enumerate(header))]
+  for variant, values in stats.items():
+    cells = [variant.ljust(22)]
+    for o in range(num_objects):
+      cells += [f"{values[f'{k}_{o}']:10.3f}" for k in ("frequency", "entropy", "moved", "tvd")]
+    cells += [f"{values[k]:10.3f}" for k in ("joint_tvd", "mutual_information", "fidelity")]
+    lines.append(" | ".join(cells))
+  if state_probs is not None:
+    truth = ", ".join(f"object {o}: {p[1]:.2f}" for o, p in enumerate(np.asarray(state_probs)))
+    lines.append(f"(true P(state 1): {truth}; Ho: entropy of object o's state, nats; moved: TVD "
+                 "from the all-means setting)")
+  return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""The HPU-Net's typed config: sizes that define the network, and execution settings.
+
+`HPUNetConfig` is the one source of the model's defaults (the release's LIDC
+setting); the experiment config's `model` and `execution` groups are built
+from its fields (`hpunet_jax.config_lib`). The fields in `EXECUTION_FIELDS`
+change how the network is computed, never its parameters, so a run may
+resume with them changed.
+"""
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "elu": jax.nn.elu,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "leaky_relu": jax.nn.leaky_relu,
+}
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Fields that change how the network is computed, not its parameters or
+# outputs beyond rounding: the experiment config keeps them in the `execution`
+# group, which a resumed run may change.
+EXECUTION_FIELDS = ("compute_dtype", "remat", "gemm_weight_grad_sizes")
+
+def _positive_tuple(name, value, allow_empty=False):
+  try:
+    value = tuple(int(v) for v in value)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"HPUNetConfig.{name} must be a sequence of ints, got {value!r}") from e
+  if not value and not allow_empty:
+    raise ValueError(f"HPUNetConfig.{name} must not be empty")
+  if any(v <= 0 for v in value):
+    raise ValueError(f"HPUNetConfig.{name} must hold positive sizes, got {value}")
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class HPUNetConfig:
+  """Sizes of the HPU-Net; the defaults are the release's LIDC setting.
+
+  Attributes:
+    latent_dims: latent channels per scale, coarsest first. Scale `i` has
+      spatial size `H / 2**(L - 1 - i)` with `L = len(channels_per_block)`.
+    channels_per_block: output channels of the residual blocks at each level,
+      finest first; levels are separated by 2x2 average pooling.
+    down_channels_per_block: inner channels of the blocks per level; None means
+      half of `channels_per_block` (the release falls back to half of its
+      *default* channels, which is a bug for other sizes).
+    num_classes: segmentation classes (2: background, foreground).
+    convs_per_block: 3x3 convolutions per residual block.
+    blocks_per_level: residual blocks per level.
+    activation: one of `ACTIVATIONS`.
+    compute_dtype: 'float32' or 'bfloat16'; parameters stay float32, the
+      convolutions run in this dtype, Gaussians and logits come out float32.
+    remat: recompute each residual block's activations in the backward pass
+      instead of storing them (less memory, more compute).
+    max_abs_log_sigma: if set, clip `log_sigma` to this magnitude before use
+      (other ports clip at 10 to avoid `exp` overflow); None, as the release.
+    gemm_weight_grad_sizes: feature-map heights at which the 3x3 convolutions
+      compute their weight gradient as one GEMM (see `Conv`) instead of XLA's
+      convolution: the same values, only a speed choice. None: `make_model`
+      uses `CPU_GEMM_WEIGHT_GRAD_SIZES` on CPU and () elsewhere.
+  """
+  latent_dims: Sequence[int] = (1, 1, 1, 1)
+  channels_per_block: Sequence[int] = (24, 48, 96, 192, 192, 192, 192, 192)
+  down_channels_per_block: Sequence[int] | None = None
+  num_classes: int = 2
+  convs_per_block: int = 3
+  blocks_per_level: int = 3
+  activation: str = "relu"
+  compute_dtype: str = "float32"
+  remat: bool = False
+  max_abs_log_sigma: float | None = None
+  gemm_weight_grad_sizes: Sequence[int] | None = None
+
+  def __post_init__(self):
+    set_ = lambda k, v: object.__setattr__(self, k, v)
+    set_("channels_per_block", _positive_tuple("channels_per_block", self.channels_per_block))
+    set_("latent_dims", _positive_tuple("latent_dims", self.latent_dims))
+    num_levels = len(self.channels_per_block)
+    if len(self.latent_dims) > num_levels - 1:
+      raise ValueError(
+          f"HPUNetConfig.latent_dims has {len(self.latent_dims)} scales but "
+          f"channels_per_block has {num_levels} levels: at most levels - 1 = "
+          f"{num_levels - 1} latent scales fit")
+    if self.down_channels_per_block is None:
+      set_("down_channels_per_block", tuple(max(1, c // 2) for c in self.channels_per_block))
+    else:
+      set_("down_channels_per_block",
+           _positive_tuple("down_channels_per_block", self.down_channels_per_block))
+      if len(self.down_channels_per_block) != num_levels:
+        raise ValueError(
+            f"HPUNetConfig.down_channels_per_block has {len(self.down_channels_per_block)} "
+            f"entries but channels_per_block has {num_levels}")
+    for name in ("num_classes", "convs_per_block", "blocks_per_level"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"HPUNetConfig.{name} must be a positive int, got {value!r}")
+      set_(name, int(value))
+    if self.num_classes < 2:
+      raise ValueError(f"HPUNetConfig.num_classes must be at least 2, got {self.num_classes}")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"HPUNetConfig.activation must be one of {sorted(ACTIVATIONS)}, "
+                       f"got {self.activation!r}")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"HPUNetConfig.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
+                       f"got {self.compute_dtype!r}")
+    if self.gemm_weight_grad_sizes is not None:
+      set_("gemm_weight_grad_sizes", _positive_tuple(
+          "gemm_weight_grad_sizes", self.gemm_weight_grad_sizes, allow_empty=True))
+    if self.max_abs_log_sigma is not None and not self.max_abs_log_sigma > 0:
+      raise ValueError(f"HPUNetConfig.max_abs_log_sigma must be positive or None, "
+                       f"got {self.max_abs_log_sigma!r}")
+
+  @property
+  def num_levels(self) -> int:
+    return len(self.channels_per_block)
+
+  @property
+  def num_scales(self) -> int:
+    return len(self.latent_dims)
+
+  @property
+  def size_multiple(self) -> int:
+    """Image height and width must be multiples of this."""
+    return 2 ** (self.num_levels - 1)
+
+  def latent_shapes(self, height, width):
+    """Spatial shape `(h, w, c)` of each latent scale, coarsest first."""
+    return [(height // 2 ** (self.num_levels - 1 - i), width // 2 ** (self.num_levels - 1 - i), d)
+            for i, d in enumerate(self.latent_dims)]
+
+  @classmethod
+  def from_dict(cls, values, *, prefix="model"):
+    """Builds a config from a mapping (e.g. the `model` ConfigDict group).
+
+    Unknown keys raise a ValueError naming `<prefix>.<key>`.
+    """
+    values = dict(values)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+      raise ValueError(f"unknown field(s) {', '.join(prefix + '.' + k for k in unknown)}; "
+                       f"known: {', '.join(sorted(fields))}")
+    try:
+      return cls(**values)
+    except ValueError as e:
+      raise ValueError(str(e).replace("HPUNetConfig.", prefix + ".")) from None
+
