@@ -1,7 +1,7 @@
 r"""Paired comparison of model variants: one training step of each in turn.
 
     python -m benchmarks.paired --rounds=6 \
-        --variants='model.gemm_weight_grad_sizes=();model.gemm_weight_grad_sizes=(64,)'
+        --variants='execution.gemm_weight_grad_sizes=();execution.gemm_weight_grad_sizes=(64,)'
 
 `--batch`, `--size`, `--seed`, `--workdir`, `--config` and its
 `--config.<group>.<field>=` overrides are those of benchmarks.throughput.
@@ -40,7 +40,7 @@ from hpunet_jax.training import state as train
 # flags, with the same meaning.
 from benchmarks import throughput
 
-flags.DEFINE_string("variants", ";model.gemm_weight_grad_sizes=()",
+flags.DEFINE_string("variants", ";execution.gemm_weight_grad_sizes=()",
                     "';'-separated variants, each ','-separated overrides <group>.<field>=value.")
 flags.DEFINE_integer("rounds", 6, "Rounds; each variant runs one step per round.")
 FLAGS = flags.FLAGS
@@ -79,8 +79,10 @@ def _split_top_level(entry):
 
 def make_config(overrides):
   config = throughput.make_config()
-  # A bare field is a model field, as before dotted paths were accepted.
-  overrides = {key if "." in key else f"model.{key}": value for key, value in overrides.items()}
+  # A bare field is a model or execution field, as before dotted paths were accepted.
+  overrides = {key if "." in key else
+               f"{'execution' if key in config_lib.EXECUTION_FIELDS else 'model'}.{key}": value
+               for key, value in overrides.items()}
   try:
     config_lib.apply_overrides(config, overrides)
   except ValueError as e:

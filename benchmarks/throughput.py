@@ -2,7 +2,7 @@ r"""Throughput of the HPU-Net training step and of sampling, on fake data.
 
     python -m benchmarks.throughput --batch=8 --size=128 --steps=5 \
         --what=train,sample16,sample100 [--workdir=DIR | --config=configs/lidc.py] \
-        [--config.model.compute_dtype=bfloat16]
+        [--config.execution.compute_dtype=bfloat16]
 
 prints one JSON line per measurement (`--what` entry): step time, throughput
 (`images_per_s` for training, `samples_per_s` for sampling), compile time
@@ -29,8 +29,8 @@ The model is that of a run (`--workdir=DIR`: its `config.json`), of a config
 file (`--config=configs/x.py`, e.g. `configs/synthetic.py:tiny`, a small
 network for smoke tests), or by default the LIDC setting
 (`config_lib.base_config()`); `--config.<group>.<field>=value` overrides any
-field (`experiments/run_flags.py`), e.g. `--config.model.compute_dtype=bfloat16`
-or `--config.model.remat=True`. `--batch` and `--size` set the measured shape
+field (`experiments/run_flags.py`), e.g. `--config.execution.compute_dtype=bfloat16`
+or `--config.execution.remat=True`. `--batch` and `--size` set the measured shape
 (`train.batch_size`, `data.crop_size`).
 
 Peak FLOP/s: on GPU from the device kind (dense bf16 / f32 tensor-core peaks
@@ -161,7 +161,7 @@ def make_config():
               not FLAGS["config"].present else
               config_flags.get_config_filename(FLAGS["config"]) if FLAGS["config"].present
               else "base_config"),
-      compute_dtype=config.model.compute_dtype, remat=config.model.remat)
+      compute_dtype=config.execution.compute_dtype, remat=config.execution.remat)
   config.train.batch_size = FLAGS.batch
   config.data.crop_size = FLAGS.size
   config.data.image_size = FLAGS.size

@@ -9,6 +9,7 @@ number of processes and this process's id come from `JAX_COORDINATOR_ADDRESS`,
 jax's cluster detection (TPU pods, SLURM, ...).
 """
 import os
+import sys
 
 from absl import app, flags
 import jax
@@ -16,7 +17,7 @@ from ml_collections import config_flags
 
 from hpunet_jax import config_lib
 from hpunet_jax.infra import logs
-from hpunet_jax.training import loop
+from hpunet_jax.training import loop, run
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/synthetic.py (':tiny' shrinks it); override "
@@ -66,7 +67,11 @@ def main(argv):
   logs.quiet_library_logs()
   if _DISTRIBUTED.value:
     initialize_distributed()
-  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except run.RunMismatchError as e:   # one line: the field, both values, what to do
+    sys.stderr.write(f"FATAL {e}\n")
+    sys.exit(1)
 
 
 if __name__ == "__main__":

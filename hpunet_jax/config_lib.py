@@ -7,6 +7,7 @@ a tool (evaluate, sample, the benchmarks) uses for a run: the run's own
 `config.json` unless a config is given, with `--config.<group>.<field>=`
 overrides applied.
 """
+import dataclasses
 import json
 import re
 import sys
@@ -16,31 +17,23 @@ from etils import epath
 import ml_collections
 
 from hpunet_jax.data import config as data_config_lib
-from hpunet_jax.model import HPUNetConfig
+from hpunet_jax.model import EXECUTION_FIELDS, HPUNetConfig
+
+HPUNET_FIELDS = tuple(f.name for f in dataclasses.fields(HPUNetConfig))
 
 LOSS_TYPES = ("geco", "elbo")
 SCHEDULES = ("constant", "piecewise")
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """All groups with the paper's (LIDC) defaults from REFERENCE.md."""
+  """All groups with the paper's (LIDC) defaults (docs/model.md)."""
   c = ml_collections.ConfigDict()
 
-  c.model = ml_collections.ConfigDict(dict(
-      latent_dims=(1, 1, 1, 1),
-      channels_per_block=(24, 48, 96, 192, 192, 192, 192, 192),
-      down_channels_per_block=ml_collections.config_dict.placeholder(tuple),
-      num_classes=2,
-      convs_per_block=3,
-      blocks_per_level=3,
-      activation="relu",
-      compute_dtype="float32",
-      remat=False,
-      max_abs_log_sigma=ml_collections.config_dict.placeholder(float),
-      # Speed only: heights whose 3x3 weight gradients run as one GEMM; None
-      # picks model.CPU_GEMM_WEIGHT_GRAD_SIZES on CPU, () elsewhere.
-      gemm_weight_grad_sizes=ml_collections.config_dict.placeholder(tuple),
-  ))
+  model_fields, execution_fields = model_groups()
+  c.model = ml_collections.ConfigDict(model_fields)
+  # Settings that change how the network is computed, not its parameters: a
+  # resumed run may change them (e.g. remat to fit memory).
+  c.execution = ml_collections.ConfigDict(execution_fields)
 
   c.loss = ml_collections.ConfigDict(dict(
       type="geco",
@@ -93,6 +86,22 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# `HPUNetConfig` fields whose default is None: the placeholder's type.
+_NONE_DEFAULT_TYPES = {"down_channels_per_block": tuple, "max_abs_log_sigma": float,
+                       "gemm_weight_grad_sizes": tuple}
+
+
+def model_groups():
+  """The `model` and `execution` groups' fields, with `HPUNetConfig`'s defaults (their one source)."""
+  groups = ({}, {})
+  for field in dataclasses.fields(HPUNetConfig):
+    value = field.default
+    if value is None:
+      value = ml_collections.config_dict.placeholder(_NONE_DEFAULT_TYPES[field.name])
+    groups[field.name in EXECUTION_FIELDS][field.name] = value
+  return groups
+
+
 def get_config(arg=None):
   """`base_config()`, so that this file can be a `--config` flag's default.
 
@@ -105,8 +114,18 @@ def get_config(arg=None):
 
 
 def model_config(config) -> HPUNetConfig:
-  """The typed model config from the `model` group (errors name `model.<field>`)."""
-  return HPUNetConfig.from_dict(config.model.to_dict(), prefix="model")
+  """The typed model config from the `model` and `execution` groups (errors name the field)."""
+  model = HPUNetConfig.from_dict(config.model.to_dict(), prefix="model",
+                                 allowed=set(HPUNET_FIELDS) - set(EXECUTION_FIELDS))
+  execution = config.get("execution")
+  if execution is None:
+    return model
+  try:
+    return dataclasses.replace(model, **execution.to_dict())
+  except TypeError as e:
+    raise ValueError(f"execution: {e}; known: {', '.join(EXECUTION_FIELDS)}") from None
+  except ValueError as e:
+    raise ValueError(str(e).replace("HPUNetConfig.", "execution.")) from None
 
 
 def _require(ok, message):
@@ -120,7 +139,7 @@ def validate(config, *, num_devices=None):
   Raises:
     ValueError naming the field (e.g. `train.batch_size`).
   """
-  for group in ("model", "loss", "optim", "train", "data", "eval"):
+  for group in ("model", "execution", "loss", "optim", "train", "data", "eval"):
     _require(group in config, f"config has no '{group}' group")
   model = model_config(config)
 
@@ -204,8 +223,16 @@ def config_from_json(values) -> ml_collections.ConfigDict:
   """Rebuilds a ConfigDict saved as JSON by the trainer (`config.json`; tuples restored).
 
   Starts from `base_config()`, so fields a run's file lacks keep their defaults;
-  nested groups (e.g. `data.augment`) are merged field by field.
+  nested groups (e.g. `data.augment`) are merged field by field. Runs written
+  before the `execution` group existed kept its fields in `model`: they are
+  moved there.
   """
+  values = dict(values)
+  model = dict(values.get("model", {}))
+  moved = {k: model.pop(k) for k in EXECUTION_FIELDS if k in model}
+  if moved:
+    values["model"] = model
+    values["execution"] = {**moved, **values.get("execution", {})}
   return _from_json(base_config(), values)
 
 
@@ -305,6 +332,9 @@ def exit_on_unknown_field(error, argv):
   overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
   culprits = [o[len("config."):] for o in overrides if name and o.split(".")[-1] == name]
   culprit = culprits[0] if culprits else (name or str(error))
+  moved = ""
+  if culprit.startswith("model.") and culprit[len("model."):] in EXECUTION_FIELDS:
+    moved = f" (it is execution.{culprit[len('model.'):]}: settings that change no parameter)"
   sys.stderr.write(f"FATAL Flags parsing error: --config.{culprit}: the config has no "
-                   f"field {culprit}\n")
+                   f"field {culprit}{moved}\n")
   sys.exit(1)

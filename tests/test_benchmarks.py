@@ -95,7 +95,7 @@ def test_paired_variants_reach_any_group_and_augmentation_feeds_source_sized_exa
     off = paired.make_config({"data.augment.enabled": False, "remat": True})
     assert on.data.augment.enabled and throughput.input_size(on) == 24
     assert not off.data.augment.enabled and throughput.input_size(off) == 16
-    assert off.model.remat
+    assert off.execution.remat
     for bad, named in [({"data.bogus": 1}, "the config has no field 'data.bogus'"),
                        ({"nogroup.x": 1}, "the config has no group 'nogroup'")]:
       try:

@@ -43,8 +43,8 @@ def test_no_run_config(tmp_path):
 
 def test_apply_overrides_names_unknown_fields():
   config = config_lib.base_config()
-  config_lib.apply_overrides(config, {"model.remat": True})
-  assert config.model.remat is True
+  config_lib.apply_overrides(config, {"execution.remat": True})
+  assert config.execution.remat is True
   with pytest.raises(ValueError, match="model.bogus: the config has no field"):
     config_lib.apply_overrides(config, {"model.bogus": 1})
   with pytest.raises(ValueError, match="modle.remat: the config has no group 'modle'"):

@@ -1,15 +1,15 @@
 """The compute options change the speed, not the objective.
 
-* `model.compute_dtype='bfloat16'` (parameters float32, convolutions bf16):
+* `execution.compute_dtype='bfloat16'` (parameters float32, convolutions bf16):
   the training loss of `train.make_loss_fn` agrees with float32 to a relative
   1e-2 (bf16 keeps 8 significant bits, a relative rounding of 2**-9 ~ 2e-3
   per operation; on this config the observed gap is ~1e-3), and the
   gradient points the same way (cosine > 0.99; observed 0.9999).
-* `model.remat=True` recomputes the residual blocks in the backward pass:
+* `execution.remat=True` recomputes the residual blocks in the backward pass:
   the same float32 operations, so the same loss and gradients (to float32
   rounding: XLA may fuse the recomputed graph differently).
 
-* `model.gemm_weight_grad_sizes` computes some weight gradients as one GEMM
+* `execution.gemm_weight_grad_sizes` computes some weight gradients as one GEMM
   instead of XLA's convolution: the same values to float32 rounding.
 
 Top-k is off here: it selects pixels by their loss, a discontinuous choice
@@ -28,14 +28,14 @@ BF16_LOSS_RTOL = 1e-2
 BF16_GRAD_COSINE = 0.99
 
 
-def _config(**model):
+def _config(**execution):
   config = config_lib.base_config()
   # Small enough to compile in seconds: two levels, one block of two convs.
   config.model.channels_per_block = (6, 8)
   config.model.latent_dims = (2,)
   config.model.blocks_per_level = 1
   config.model.convs_per_block = 2
-  config.model.update(model)
+  config.execution.update(execution)
   config.loss.top_k_percentage = None
   config.data.crop_size = 16
   config.train.batch_size = 2
@@ -102,7 +102,7 @@ def test_remat_gives_the_same_loss_and_gradients(setup, float32_result):
 @pytest.mark.parametrize("shape, kernel", [((2, 8, 8, 5, 4), 3), ((3, 7, 5, 2, 6), 3),
                                            ((1, 6, 9, 3, 2), 5), ((2, 4, 4, 4, 4), 1)])
 def test_gemm_weight_gradient_equals_xlas(shape, kernel):
-  """`model.gemm_weight_grad_sizes` changes how a gradient is computed, not its value.
+  """`execution.gemm_weight_grad_sizes` changes how a gradient is computed, not its value.
 
   Non-square maps and kernels other than 3 included: the flattened-grid
   shifts in `cpu_conv.gemm_weight_grad` depend on the padded width and the kernel.

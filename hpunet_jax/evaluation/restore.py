@@ -1,11 +1,22 @@
-"""A trained model for evaluation and sampling: a run's config and its network parameters."""
+"""A trained model for evaluation and sampling: a run's config and its network parameters.
+
+`restore_params` needs only the run's model config and its checkpoint: the
+network parameters are read alone from the checkpoint (no optimiser, loss,
+train state or data example is built), verified, and checked against the
+model the config describes.
+"""
 from etils import epath
 import jax
-import numpy as np
+import jax.numpy as jnp
 
 from hpunet_jax import config_lib
-from hpunet_jax.data import pipeline
 from hpunet_jax.infra import checkpoint as checkpoint_lib
+from hpunet_jax.model import make_model
+
+# Where the network's parameters sit in a checkpoint's train state.
+NET_PARAMS = ("params", "net")
+# The first convolution of the prior sees the image: its input channels are the image's.
+_FIRST_PRIOR_CONV = "hpunet/~/prior/encoder_level_0_block_0/conv_0"
 
 
 def local_copy(tree):
@@ -13,42 +24,49 @@ def local_copy(tree):
   return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
 
+def check_params_fit(model, params, where):
+  """Raises a ValueError naming the first parameter of `params` that `model` does not have."""
+  channels = params.get(_FIRST_PRIOR_CONV, {}).get("w")
+  channels = channels.shape[2] if channels is not None else 1
+  size = model.config.size_multiple
+  images = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+  segs = jax.ShapeDtypeStruct((1, size, size, model.config.num_classes), jnp.float32)
+  wanted = jax.eval_shape(model.init, jax.random.key(0), images, segs)
+  shapes = lambda tree: {f"{m}/{n}": tuple(v.shape) for m, vs in tree.items() for n, v in vs.items()}
+  ours, theirs = shapes(wanted), shapes(params)
+  for name in sorted(set(ours) | set(theirs)):
+    if ours.get(name) != theirs.get(name):
+      raise ValueError(
+          f"{where}: its parameters do not fit the model group of the config "
+          f"({name}: checkpoint {theirs.get(name)}, model {ours.get(name)}); use the model "
+          "config it was trained with")
+
+
 def restore_params(workdir, config=None, *, step=None):
   """Loads the config (from `workdir/config.json` unless given) and the network parameters.
 
+  Args:
+    workdir: the run's folder (any `etils.epath` path).
+    config: the config to use; None reads the run's `config.json`.
+    step: a checkpoint step; None takes the newest that verifies (warning
+      about newer ones that do not).
+
   Returns:
-    `(config, model, params, step)`; params are local (single-device) arrays.
+    `(config, model, params, step)`; params are single-device arrays.
+
+  Raises:
+    FileNotFoundError: no checkpoint (or no such step) in the workdir.
+    ValueError: the parameters do not fit the config's model group.
   """
   if config is None:
     config = config_lib.load_run_config(workdir)
-  config_lib.validate(config)
+  model = make_model(config_lib.validate(config))
   # Read-only: creates nothing in the workdir, leaves a running job's saves alone.
   checkpointer = checkpoint_lib.Checkpointer(epath.Path(workdir) / config_lib.CHECKPOINT_DIR,
                                              read_only=True)
-  from hpunet_jax.training.state import create_train_state, make_train_step  # TODO light
   try:
-    train_step = make_train_step(config)
-    image_size = config.data.crop_size or config.data.image_size
-    example = _example_batch(config, image_size)
-    target = create_train_state(config, jax.random.key(0), example, mesh=train_step.mesh)
-    if step is None:   # the newest that verifies; warns about newer ones that do not
-      restored = checkpointer.restore_newest_valid(target)
-      if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
-      state, step = restored.state, restored.step
-    else:
-      state, _ = checkpointer.restore(target, step)
+    restored = checkpointer.restore_subtree(NET_PARAMS, step)
   finally:
     checkpointer.close()
-  return config, train_step.model, local_copy(state.params["net"]), step
-
-
-def _example_batch(config, image_size):
-  if image_size is None:
-    info = pipeline.make_eval_iterator(config.data, "train", batch_size=1, num_examples=1)
-    image = next(iter(info))["image"]
-  else:
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    image = np.zeros((1,) + size + (config.data.num_channels,), np.float32)
-  return {"image": image,
-          "segmentation": np.zeros(image.shape[:3] + (config.model.num_classes,), np.float32)}
+  check_params_fit(model, restored.state, f"{checkpointer.directory} step {restored.step}")
+  return config, model, restored.state, restored.step

@@ -199,13 +199,18 @@ class Checkpointer:
     if read_only and not directory.is_dir():
       raise FileNotFoundError(f"no checkpoint directory {directory}")
     self._pending = None   # the step of a save that may still be in flight
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
-        enable_async_checkpointing=async_save,
-        # Removes temporary directories left by a save that was interrupted;
-        # never from a reader, which would delete a running job's save.
-        cleanup_tmp_directories=not read_only,
-        create=not read_only)
+    if read_only:
+      # Orbax's read-only mode: saves and deletions are skipped. The settings it
+      # would override (with a warning each) are given as it wants them.
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                             enable_async_checkpointing=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+          enable_async_checkpointing=async_save,
+          # Removes temporary directories left by a save that was interrupted;
+          # never from a reader, which would delete a running job's save.
+          cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
         directory, options=options,
         # Named handlers let a fresh manager read metadata and restore without
@@ -419,6 +424,90 @@ class Checkpointer:
         f"no checkpoint in {self._directory} can be restored: "
         + "; ".join(reason for _, reason in bad)
         + f". Move {self._directory} aside to start the run afresh.")
+
+  def restore_subtree(self, prefix: tuple, step: Optional[int] = None) -> Restored:
+    """Restores only the arrays under `prefix` of the saved state (e.g. `("params", "net")`).
+
+    Nothing else of the state is read, and no restore target is needed: the
+    shapes and dtypes come from the checkpoint's metadata, and the arrays
+    land on this process's first device. Their checksums are verified. With
+    `step=None` the newest step that can be read and verifies is used, each
+    newer one that fails logged as a warning (as `restore_newest_valid`).
+
+    Returns:
+      A `Restored` whose `state` is the subtree (nested dicts of arrays).
+
+    Raises:
+      FileNotFoundError: no (such) checkpoint.
+      KeyError: the checkpoint's state has nothing under `prefix`.
+      CorruptCheckpointError: it (or, with `step=None`, every one) fails.
+    """
+    steps = self.all_steps()
+    if step is not None and int(step) not in steps:
+      raise FileNotFoundError(f"No checkpoint for step {step} in {self._directory}; "
+                              f"available steps: {steps or 'none'}.")
+    candidates = [int(step)] if step is not None else list(reversed(steps))
+    if not candidates:
+      raise FileNotFoundError(f"No checkpoint to restore in {self._directory}.")
+    bad = []
+    for candidate in candidates:
+      try:
+        subtree, extra = self._restore_subtree(tuple(prefix), candidate)
+      except CorruptCheckpointError as e:
+        if step is not None:
+          raise
+        logging.warning("%s; trying the previous checkpoint. Step %d is kept for inspection.",
+                        e, candidate)
+        bad.append((candidate, str(e)))
+        continue
+      return Restored(candidate, subtree, extra, bad)
+    raise CorruptCheckpointError(
+        f"no checkpoint in {self._directory} can be restored: "
+        + "; ".join(reason for _, reason in bad))
+
+  def _restore_subtree(self, prefix, step):
+    self.wait_until_finished()
+    # A PyTree handler restores part of a tree (`partial_restore`); the
+    # checkpoints are written by StandardSave, which stores the same format.
+    manager = ocp.CheckpointManager(
+        self._directory, options=ocp.CheckpointManagerOptions(
+            read_only=True, create=False, save_interval_steps=0, enable_async_checkpointing=False),
+        item_handlers={_STATE: ocp.PyTreeCheckpointHandler(),
+                       _EXTRA: ocp.JsonCheckpointHandler()})
+    try:
+      metadata = manager.item_metadata(step)[_STATE]
+      node = getattr(metadata, "tree", metadata)
+      for key in prefix:
+        if not isinstance(node, dict) or key not in node:
+          raise KeyError(f"checkpoint step {step} in {self._directory} has no "
+                         f"{'.'.join(prefix)} in its state")
+        node = node[key]
+      device = jax.local_devices()[0]
+      abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), node)
+      args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(
+          sharding=jax.sharding.SingleDeviceSharding(device)), node)
+      for key in reversed(prefix):
+        abstract, args = {key: abstract}, {key: args}
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.PyTreeRestore(item=abstract, restore_args=args,
+                                           partial_restore=True),
+            _EXTRA: ocp.args.JsonRestore()}))
+      except Exception as e:  # pylint: disable=broad-except
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} in {self._directory} cannot be read: {_first_line(e)}") from e
+    finally:
+      manager.close()
+    tree = restored[_STATE]
+    extra = dict(restored[_EXTRA] or {})
+    expected = extra.pop(_CHECKSUMS, None)
+    if expected is not None:
+      head = ".".join(prefix) + "."
+      expected = {k: v for k, v in expected.items() if k.startswith(head)}
+    self._verify(step, tree, expected)
+    for key in prefix:
+      tree = tree[key]
+    return tree, extra
 
   def newest_verified_step(self, target: Any) -> Optional[int]:
     """The newest step that restores into `target` and verifies (None if none)."""

@@ -136,13 +136,14 @@ class HPUNetConfig:
             for i, d in enumerate(self.latent_dims)]
 
   @classmethod
-  def from_dict(cls, values, *, prefix="model"):
+  def from_dict(cls, values, *, prefix="model", allowed=None):
     """Builds a config from a mapping (e.g. the `model` ConfigDict group).
 
-    Unknown keys raise a ValueError naming `<prefix>.<key>`.
+    Keys outside `allowed` (default: every field) raise a ValueError naming
+    `<prefix>.<key>`.
     """
     values = dict(values)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = set(allowed) if allowed is not None else {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
       raise ValueError(f"unknown field(s) {', '.join(prefix + '.' + k for k in unknown)}; "

@@ -15,8 +15,19 @@ from hpunet_jax import config_lib
 from hpunet_jax.infra import lease, multihost, writer as writer_lib
 
 
+class RunMismatchError(ValueError):
+  """A resumed run's config changes what the run is (a model or loss field)."""
+
+
 def check_config_matches(workdir, config):
-  """A resumed run must use the model and loss it was started with."""
+  """A resumed run must use the model and loss it was started with.
+
+  The `execution` group (dtype, remat, kernel choices) changes no parameter
+  and may differ; so may everything outside the model and loss groups.
+
+  Raises:
+    RunMismatchError: naming the first field that differs.
+  """
   path = epath.Path(workdir) / config_lib.RUN_CONFIG_FILE
   if not path.exists():
     return
@@ -26,7 +37,7 @@ def check_config_matches(workdir, config):
     for key, value in current.get(group, {}).items():
       old = previous.get(group, {}).get(key)
       if old != value:
-        raise ValueError(
+        raise RunMismatchError(
             f"{group}.{key}={value!r} differs from the run in {workdir} ({old!r}); use a new "
             f"--workdir or the original value")
 

@@ -134,7 +134,7 @@ def make_train_step(config, *, mesh=None):
   # Only these groups enter the traced step; a cache keyed on them lets
   # repeated calls (resumed runs in one process, tests, notebooks) share one
   # compilation.
-  groups = {g: config[g].to_dict() for g in ("model", "loss", "optim")}
+  groups = {g: config[g].to_dict() for g in ("model", "execution", "loss", "optim")}
   groups["augment"] = (config.data.crop_size, config.data.augment.to_dict()
                        if augment.enabled(config.data) else None)
   key = (json.dumps(groups, sort_keys=True, default=str), mesh)

@@ -1,0 +1,97 @@
+"""The package's layers: every import points down, and the model loads alone."""
+import ast
+import pathlib
+import subprocess
+import sys
+
+import hpunet_jax
+
+PACKAGE = pathlib.Path(hpunet_jax.__file__).parent
+# Bottom to top; a module may import its own layer and those below it.
+LAYERS = ("infra", "model", "objective", "data", "config_lib", "evaluation", "training",
+          "release")
+
+
+def _layer(module: str) -> str | None:
+  parts = module.split(".")
+  if parts[0] != "hpunet_jax" or len(parts) < 2:
+    return None
+  return parts[1]
+
+
+def _imports(path):
+  tree = ast.parse(path.read_text())
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      yield from (alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      if node.module == "hpunet_jax":
+        yield from (f"hpunet_jax.{alias.name}" for alias in node.names)
+      else:
+        yield node.module
+
+
+def test_every_package_folder_is_a_layer():
+  folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+  modules = {p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+  assert folders | modules == set(LAYERS)
+
+
+def test_every_import_points_down_a_layer():
+  upward = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    relative = path.relative_to(PACKAGE)
+    if relative == pathlib.Path("__init__.py"):
+      continue
+    own = relative.parts[0].removesuffix(".py")
+    for module in _imports(path):
+      target = _layer(module)
+      if target is not None and LAYERS.index(target) > LAYERS.index(own):
+        upward.append(f"{relative} imports {module}")
+  assert not upward, "\n".join(upward)
+
+
+def test_release_never_imports_the_training_loop():
+  for path in (PACKAGE / "release").glob("*.py"):
+    assert not any(m.startswith(("hpunet_jax.training.loop", "hpunet_jax.training.run"))
+                   for m in _imports(path)), path
+
+
+def test_model_and_sampling_load_no_data_training_or_io_library():
+  code = """
+import sys
+import jax, jax.numpy as jnp
+import hpunet_jax
+config = hpunet_jax.HPUNetConfig(channels_per_block=(4, 8), latent_dims=(1,))
+model = hpunet_jax.make_model(config)
+images = jnp.zeros((1, 8, 8, 1))
+params = model.init(jax.random.key(0), images, jnp.zeros((1, 8, 8, 2)))
+model.sample(params, jax.random.key(1), images, num_samples=2)
+heavy = ("grain", "tensorflow_datasets", "tensorboardX", "orbax", "optax", "ml_collections")
+print(",".join(sorted(m for m in heavy if m in sys.modules)))
+"""
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                        cwd=PACKAGE.parent)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip() == "", f"loaded: {proc.stdout.strip()}"
+
+
+def test_dataset_progress_lines_do_not_load_tensorboardx():
+  code = """
+import sys
+from hpunet_jax.data import synthetic
+print("tensorboardX" in sys.modules)
+"""
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                        cwd=PACKAGE.parent)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip() == "False"
+
+
+def test_training_names_stay_importable_from_the_package():
+  from hpunet_jax.training import state   # pylint: disable=g-import-not-at-top
+  assert hpunet_jax.create_train_state is state.create_train_state
+  assert hpunet_jax.make_train_step is state.make_train_step
+  assert hpunet_jax.TrainState is state.TrainState
+  assert hpunet_jax.parallel.make_mesh
+  assert hpunet_jax.config_lib.base_config

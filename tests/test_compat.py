@@ -1,0 +1,90 @@
+"""A workdir written before the layer folders (tests/fixtures/workdir_v1) still works.
+
+Its `config.json` keeps the execution settings in the model group; its
+checkpoint was written by the package as it was then. It must evaluate,
+sample and resume as it is, and a resume may change the execution settings
+but not the model.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from hpunet_jax import config_lib
+from hpunet_jax.evaluation import restore
+from hpunet_jax.infra import writer as writer_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_v1")
+
+
+def _run(module, *args, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def old_workdir(tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(FIXTURE, workdir)
+  return str(workdir)
+
+
+def test_old_config_moves_the_execution_settings_out_of_the_model_group():
+  with open(os.path.join(FIXTURE, "config.json")) as f:
+    assert "remat" in json.load(f)["model"]
+  config = config_lib.load_run_config(FIXTURE)
+  assert "remat" not in config.model and config.execution.remat is False
+  assert config.model.channels_per_block == (4, 8, 8, 8)
+
+
+def test_old_workdir_restores_its_network_alone_and_samples(old_workdir):
+  config, model, params, step = restore.restore_params(old_workdir)
+  assert step == 4 and model.config.channels_per_block == (4, 8, 8, 8)
+  images = jnp.zeros((2, 32, 32, 1))
+  logits = model.sample(params, jax.random.key(0), images, num_samples=3)
+  assert logits.shape == (3, 2, 32, 32, 2) and bool(jnp.isfinite(logits).all())
+  del config
+
+
+def test_old_workdir_resumes_with_changed_execution_and_evaluates(old_workdir, tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny",
+              f"--workdir={old_workdir}", f"--config.data.data_dir={data_dir}",
+              "--config.train.num_steps=6", "--config.train.checkpoint_every=6",
+              "--config.execution.remat=True")
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  records = writer_lib.read_jsonl(os.path.join(old_workdir, "metrics.jsonl"))
+  assert [r["step"] for r in records if "loss" in r] == [1, 2, 4, 5, 6]
+  assert config_lib.load_run_config(old_workdir).execution.remat is True
+  proc = _run("experiments.evaluate", f"--workdir={old_workdir}",
+              f"--config.data.data_dir={data_dir}")
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  with open(os.path.join(old_workdir, "evaluation.json")) as f:
+    assert json.load(f)["step"] == 6
+
+
+def test_a_changed_model_field_stops_the_resume_in_one_line(old_workdir, tmp_path):
+  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny",
+              f"--workdir={old_workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+              "--config.model.blocks_per_level=2")
+  assert proc.returncode == 1
+  fatal = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+  assert len(fatal) == 1 and "model.blocks_per_level=2 differs from the run" in fatal[0], (
+      proc.stderr[-3000:])
+  assert "Traceback" not in proc.stderr
+
+
+def test_the_moved_execution_flag_is_named_where_it_went(tmp_path):
+  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny",
+              f"--workdir={tmp_path / 'run'}", "--config.model.remat=True")
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+  assert "model.remat" in lines[0] and "execution.remat" in lines[0]
