@@ -1,4 +1,4 @@
-"""The paper's LIDC setting (REFERENCE.md): HPU-Net, GECO, 240k steps of batch 32.
+"""The paper's LIDC setting (docs/model.md): HPU-Net, GECO, 240k steps of batch 32.
 
     python -m experiments.train --config=configs/lidc.py --workdir=runs/lidc \
         [--config.data.manual_dir=/path/to/lidc_crops]

@@ -9,7 +9,8 @@ GECO. The original Prob. U-Net injects its latent only at the last layer of a
 separate U-Net; here it enters the same decoder as the HPU-Net's coarsest
 latent, so the comparison isolates the latent hierarchy and the objective.
 
-Runtime: as `configs/synthetic.py` (7.7 CPU-minutes measured). Expected
+Runtime: as `configs/synthetic.py` (7.7 CPU-minutes measured on the 2-core
+development VM, 2026-11-28). Expected
 numbers (first 100 test images, 100 samples): exact GED 0.063 (HPU-Net 0.050),
 normalised exact GED 0.14 (HPU-Net 0.11), IoU_rec 0.99, match rate 0.47,
 TVD 0.56, GED100 0.22, HM-IoU16 0.59.

@@ -8,7 +8,8 @@ coarsest level (1x1) and the ELBO (beta = 1) instead of GECO; same data,
 network, optimiser and steps, so the comparison isolates the latent
 hierarchy and the objective.
 
-Runtime: 6.4 CPU-minutes (18 min wall on a shared 2-core machine). Expected
+Runtime: 6.4 CPU-minutes (18 min wall on the shared 2-core development VM,
+2026-11-29). Expected
 numbers (test, first 100 images, 100 samples): per-object TVD 0.044 / 0.049 /
 0.049, joint TVD 0.120 (HPU-Net 0.128, intervals overlap), mutual
 information 0.026 nats (HPU-Net 0.020; floor 0.021), fidelity 0.958

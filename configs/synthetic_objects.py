@@ -4,12 +4,12 @@
     python -m experiments.evaluate --workdir=runs/objects --config.eval.split=test
 
 Runtime: 4,500 steps of batch 32, then an evaluation of 100 validation images
-with 100 samples each: 6.9 CPU-minutes (18 min wall on a shared 2-core
-machine). The dataset (`synthetic_objects`, 32x32, 4000/200/200 images) is
+with 100 samples each: 6.9 CPU-minutes (18 min wall on the shared 2-core
+development VM, 2026-11-29). The dataset (`synthetic_objects`, 32x32, 4000/200/200 images) is
 generated on first use in a few seconds; the evaluate command above takes
 about 1 CPU-minute.
 
-Expected numbers (test, first 100 images, 100 samples each; README.md,
+Expected numbers (test, first 100 images, 100 samples each; docs/results.md,
 "Several independent objects"): per-object TVD 0.037 / 0.069 / 0.069 (floors
 of a perfect sampler ~0.04), joint TVD 0.128 (floor 0.102), mutual
 information 0.020 nats (floor 0.021), fidelity 0.949, exact GED 0.0155,
