@@ -32,7 +32,7 @@ def test_full_lidc_step_with_augmentation_traces_to_the_model_crop():
   assert spec["image"].shape == (2, 128, 128, 1) and spec["mask"].shape == (2, 128, 128)
   params = jax.eval_shape(model.init, jax.random.key(0), sds((1, 128, 128, 1), jnp.float32),
                           sds((1, 128, 128, 2), jnp.float32))
-  assert count_params(params) in (21_877_230, 20_584_302)   # REFERENCE.md, with/without
+  assert count_params(params) in (21_877_230, 20_584_302)   # docs/model.md, with/without
   params = {"net": params, "lagrange_raw": sds((), jnp.float32)}
   optimizer, _ = train.make_optimizer(config.optim)
   state = train.TrainState(step=sds((), jnp.int32), params=params,
