@@ -5,8 +5,9 @@
 Runtime: 1,500 steps of batch 32, then an evaluation of 100 validation
 images with 100 samples each; 10.3 CPU-minutes, 9 min 41 s wall on the
 2-core development VM with the test suite running beside it (2026-11-29);
-9.5 CPU-minutes, 15.7 min wall with other jobs beside it (2026-11-28). The dataset (`synthetic_multiscale`,
-64x64, 4000/200/200 images) is generated on first use in a few seconds.
+9.5 CPU-minutes, 15.7 min wall with other jobs beside it (2026-11-28). The
+dataset (`synthetic_multiscale`, 64x64, 4000/200/200 images) is generated on
+first use in a few seconds.
 
 Expected numbers (`python -m experiments.evaluate --workdir=runs/synthetic
 --config.eval.split=test`: the first 100 test images): exact GED 0.050

@@ -5,9 +5,9 @@
 
 Runtime: 4,500 steps of batch 32, then an evaluation of 100 validation images
 with 100 samples each: 6.9 CPU-minutes (18 min wall on the shared 2-core
-development VM, 2026-11-29). The dataset (`synthetic_objects`, 32x32, 4000/200/200 images) is
-generated on first use in a few seconds; the evaluate command above takes
-about 1 CPU-minute.
+development VM, 2026-11-29). The dataset (`synthetic_objects`, 32x32,
+4000/200/200 images) is generated on first use in a few seconds; the
+evaluate command above takes about 1 CPU-minute.
 
 Expected numbers (test, first 100 images, 100 samples each; docs/results.md,
 "Several independent objects"): per-object TVD 0.037 / 0.069 / 0.069 (floors
