@@ -20,7 +20,7 @@ data, a few steps) for smoke tests.
 """
 from hpunet_jax import config_lib
 
-# Measured on the first 100 test images after the full schedule (README.md).
+# Measured on the first 100 test images after the full schedule (docs/results.md).
 EXPECTED = dict(object_tvd_0=0.037, object_tvd_1=0.069, object_tvd_2=0.069, joint_tvd=0.128,
                 mutual_information=0.020, fidelity=0.949, exact_ged=0.0155,
                 exact_ged_normalised=0.028)
@@ -49,7 +49,7 @@ def get_config(arg=None):
   config.optim.decay_factor = 0.3
 
   config.train.batch_size = 32
-  # Steps were the knob that mattered (README.md): 1,500 -> 4,500 took the
+  # Steps were the knob that mattered (docs/results.md): 1,500 -> 4,500 took the
   # joint TVD from 0.18 to 0.13 and the fidelity from 0.90 to 0.95.
   config.train.num_steps = 4500
   config.train.log_every = 100

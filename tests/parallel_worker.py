@@ -29,17 +29,12 @@ def main():
                                num_processes=args.num_processes, process_id=args.process_id)
   import numpy as np
   import hpunet_jax
-  from hpunet_jax import config_lib
+
+  import conftest
 
   def tiny_config(augment):
-    config = config_lib.base_config()
-    config.model.channels_per_block = (4, 8, 8)
-    config.model.latent_dims = (2, 1)
-    config.model.blocks_per_level = 1
-    config.model.convs_per_block = 2
-    config.data.crop_size = 16
+    config = conftest.tiny_config()
     config.loss.top_k_percentage = 0.1   # Gumbel top-k over the global batch
-    config.train.batch_size = 8
     config.data.augment.enabled = augment
     config.data.augment.elastic_spacing = 8
     return config

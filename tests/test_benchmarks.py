@@ -1,4 +1,4 @@
-"""The benchmark script runs from the README and its profile summary is right."""
+"""The benchmark script runs as docs/benchmarks.md shows and its profile summary is right."""
 import json
 import os
 import subprocess
@@ -48,7 +48,7 @@ def test_latest_trace_names_the_directory_without_a_trace(tmp_path):
 
 
 def test_throughput_script_prints_one_json_line_per_measurement(tmp_path):
-  """The README's smoke command: train, sampling and GED100 on the tiny network."""
+  """The smoke command of docs/benchmarks.md: train, sampling and GED100 on the tiny network."""
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.throughput", "--config=configs/synthetic.py:tiny",
        "--config.model.channels_per_block=(8,16,32,32)", "--config.model.latent_dims=(1,1)",

@@ -161,13 +161,9 @@ def test_pipeline_delivers_uncropped_examples_when_augmenting():
 
 
 def test_train_step_augments_and_reports_the_valid_fraction():
-  from hpunet_jax import config_lib
   import hpunet_jax
-  config = config_lib.base_config()
-  config.model.channels_per_block = (4, 8, 8)
-  config.model.latent_dims = (1,)
-  config.model.blocks_per_level = 1
-  config.model.convs_per_block = 1
+  from conftest import tiny_config
+  config = tiny_config(latent_dims=(1,), convs_per_block=1)
   config.data = data_config(crop_size=16)
   config.train.batch_size = 4
   batch = _batch(size=36)

@@ -2,7 +2,7 @@
 
 Two processes of `python -m experiments.train --distributed` find each other
 through `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`
-(the variables the README documents), talk through gloo, share one workdir and
+(the variables docs/distributed.md documents), talk through gloo, share one workdir and
 one data_dir, are preempted by a SIGTERM to process 1 only, and resume. Their
 metrics must equal those of one process with the same global batch.
 """

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hpunet_jax import config_lib
+from conftest import tiny_config
 from hpunet_jax.model import cpu_conv
 from hpunet_jax.training import state as train
 
@@ -29,15 +29,10 @@ BF16_GRAD_COSINE = 0.99
 
 
 def _config(**execution):
-  config = config_lib.base_config()
-  # Small enough to compile in seconds: two levels, one block of two convs.
-  config.model.channels_per_block = (6, 8)
-  config.model.latent_dims = (2,)
-  config.model.blocks_per_level = 1
-  config.model.convs_per_block = 2
+  # Two levels: the GEMM path is tried at two sizes (16 and 8).
+  config = tiny_config(channels_per_block=(6, 8), latent_dims=(2,))
   config.execution.update(execution)
   config.loss.top_k_percentage = None
-  config.data.crop_size = 16
   config.train.batch_size = 2
   return config
 

@@ -9,19 +9,13 @@ import numpy as np
 import pytest
 
 import hpunet_jax
-from hpunet_jax import config_lib
+import conftest
 
 WORKER = os.path.join(os.path.dirname(__file__), "parallel_worker.py")
 
 
 def tiny_config():
-  config = config_lib.base_config()
-  config.model.channels_per_block = (8, 16, 16)
-  config.model.latent_dims = (2, 1)
-  config.model.blocks_per_level = 1
-  config.model.convs_per_block = 2
-  config.data.crop_size = 16
-  config.train.batch_size = 8
+  config = conftest.tiny_config(channels_per_block=(8, 16, 16))
   config.optim.learning_rate = 1e-3
   return config
 
