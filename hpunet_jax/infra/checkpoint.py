@@ -1,54 +1,33 @@
-"""Checkpoints of the train state with orbax: save, find the latest, restore.
+"""Checkpoints of the train state with orbax: save, find the latest, restore, fall back.
 
 One checkpoint per step in `<workdir>/checkpoints/<step>/`, holding two items:
+`state`, the train state pytree (`StandardSave`: every process writes its
+own shards, orbax coordinates them), and `extra`, a small JSON dict (the
+data iterator's position and the arrays' checksums).
 
-* `state`: the train state pytree (params, optimiser state, GECO state, RNG,
-  step), written with `StandardSave` (OCDBT/tensorstore; every process writes
-  its own shards, orbax coordinates the processes);
-* `extra`: a small JSON dict (data-iterator position, config hash, ...),
-  written by the primary process only (orbax handles that).
+The contract (what it means for a killed run: docs/fault_tolerance.md):
 
-Orbax writes each step into a temporary directory and renames it only once
-every item is complete, so an interrupted save never looks like a checkpoint:
-`latest_step` only sees finished steps, and leftover temporary directories are
-deleted when the next (writing) `Checkpointer` opens the directory.
+* an interrupted save never looks like a checkpoint (orbax's temporary
+  directory and rename); a writing `Checkpointer` removes leftovers;
+* `restore` verifies every array against its CRC-32 (`integrity`) and raises
+  `CorruptCheckpointError` naming the step; `restore_newest_valid` and
+  `restore_subtree` fall back to the newest step that verifies and delete
+  nothing; `set_aside` moves a bad step to `<directory>.corrupt/`;
+* a failed asynchronous save raises a one-line `CheckpointSaveError` naming
+  the step at the next `check_for_errors`, `save`, `wait_until_finished` or
+  `close`, and its temporary files are removed;
+* `read_only=True` (orbax's read-only mode) creates, saves and deletes
+  nothing, and leaves a running job's temporary directories alone.
 
-Verification: orbax stores no checksums of the saved values (a flipped byte
-in a data file restores silently), so `save` adds one CRC-32 per array of the
-state to the `extra` item (key `_checksums`) and `restore` recomputes them on
-the restored arrays: a mismatch, or any error while reading, raises
-`CorruptCheckpointError` naming the step and the arrays that differ.
-`restore_newest_valid` walks back from the newest step to the newest one that
-verifies, warning about each one it skips, and deletes nothing;
-`set_aside(step)` moves a bad step out of the way (to `<directory>.corrupt/`)
-so that training can write that step again. Checkpoints without checksums
-(written before they existed) restore unverified.
-
-Save errors: an asynchronous save that fails (a full disk, a lost bucket) is
-reported by `check_for_errors()` (cheap; call it at every step boundary), by
-the next `save`, and by `wait_until_finished`/`close`, as a one-line
-`CheckpointSaveError` naming the step; the step's temporary directory is
-removed, or named in the error if it cannot be.
-
-PRNG keys: typed key arrays (`jax.random.key`) are stored as their raw key data
-(`jax.random.key_data`, uint32) and rebuilt from the restore target, so a
-checkpoint does not depend on which key kind the caller uses, and a state saved
-with raw `jax.random.PRNGKey` keys restores into a target with typed keys (of
-the same implementation) and the other way round.
-
-Example:
-
-  with checkpoint.Checkpointer(epath.Path(workdir) / "checkpoints") as ckpt:
-    if ckpt.latest_step() is not None:
-      state, extra = ckpt.restore(state)  # `state` from `init`: the target.
-    ...
-    ckpt.save(step, state, extra={"data_position": position})
+PRNG keys: typed key arrays are stored as their raw key data (uint32) and
+rebuilt from the restore target, so raw `PRNGKey` and typed-key states
+restore into each other. (orbax 0.12 saves typed keys itself, but the
+checkpoints written so far hold key data, which must stay readable.)
 """
 import os
 import re
 import time
 from typing import Any, NamedTuple, Optional
-import zlib
 
 from absl import logging
 from etils import epath
@@ -56,16 +35,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hpunet_jax.infra import files
+from hpunet_jax.infra import files, integrity
+from hpunet_jax.infra.integrity import CorruptCheckpointError
 
 _STATE = "state"
 _EXTRA = "extra"
 _CHECKSUMS = "_checksums"   # reserved key of the `extra` item
 _TMP_MARKER = ".orbax-checkpoint-tmp"
-
-
-class CorruptCheckpointError(ValueError):
-  """A checkpoint cannot be read, or its arrays differ from their checksums."""
 
 
 class CheckpointSaveError(OSError):
@@ -93,22 +69,13 @@ def _first_line(error) -> str:
   return line if len(line) <= 600 else f"{line[:250]} ... {line[-300:]}"
 
 
-def _is_typed_key(x):
-  return jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
-
-
-def _to_key_data(tree):
-  """Replaces typed PRNG key leaves by their uint32 key data."""
-  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_typed_key(x) else x, tree)
-
-
 def _abstract_leaf(x):
   """What orbax should restore for target leaf `x` (shape, dtype, sharding).
 
   Returns `(abstract, key_impl)`: `key_impl` is the PRNG implementation to wrap
   the restored key data with, or None for ordinary arrays.
   """
-  if _is_typed_key(x):
+  if integrity.is_typed_key(x):
     impls = []
     def key_data(key):
       # Traced, so that abstract targets (ShapeDtypeStructs) work too.
@@ -126,47 +93,10 @@ def _abstract_leaf(x):
   return x, None
 
 
-def _path_str(path):
-  """`jax.tree_util` key path -> 'opt_state.0.mu.w' (orbax's naming)."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return ".".join(parts)
-
-
-def _host_value(x):
-  """A host copy of leaf `x` to checksum, or None where this process cannot see all of it."""
-  if isinstance(x, jax.Array):
-    if x.is_fully_replicated:
-      return np.asarray(x.addressable_data(0))
-    if x.is_fully_addressable:
-      return np.asarray(x)
-    return None   # sharded over processes: orbax's own checks are all there is
-  return np.asarray(x)
-
-
-def state_checksums(tree) -> dict:
-  """{leaf path: CRC-32 of dtype, shape and bytes} for the arrays of `tree`."""
-  sums = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(_to_key_data(tree))[0]:
-    value = _host_value(leaf)
-    if value is None:
-      continue
-    value = np.ascontiguousarray(value)
-    header = f"{value.dtype.str}{value.shape}".encode()
-    sums[_path_str(path)] = f"{zlib.crc32(value.tobytes(), zlib.crc32(header)):08x}"
-  return sums
-
-
 def _leaf_shapes(tree):
   """{path string: shape} for the leaves of `tree` (None leaves are skipped)."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_path_str(path): tuple(getattr(leaf, "shape", np.shape(leaf)))
+  return {integrity.path_str(path): tuple(getattr(leaf, "shape", np.shape(leaf)))
           for path, leaf in leaves}
 
 
@@ -263,12 +193,12 @@ class Checkpointer:
     extra = dict(extra or {})
     if _CHECKSUMS in extra:
       raise ValueError(f"extra: the key {_CHECKSUMS!r} is reserved")
-    extra[_CHECKSUMS] = state_checksums(state)
+    extra[_CHECKSUMS] = integrity.state_checksums(state)
     try:
       saved = self._manager.save(
           step,
           args=ocp.args.Composite(**{
-              _STATE: ocp.args.StandardSave(_to_key_data(state)),
+              _STATE: ocp.args.StandardSave(integrity.to_key_data(state)),
               _EXTRA: ocp.args.JsonSave(extra),
           }))
     except Exception as e:  # pylint: disable=broad-except
@@ -379,19 +309,7 @@ class Checkpointer:
     return jax.tree.unflatten(treedef, state_leaves), extra
 
   def _verify(self, step, restored, expected):
-    if expected is None:
-      logging.info("Checkpoint step %d in %s has no checksums (written before they existed); "
-                   "restored unverified.", step, self._directory)
-      return
-    actual = state_checksums(restored)
-    differ = sorted(k for k in expected if k in actual and actual[k] != expected[k])
-    missing = sorted(set(expected) - set(actual))
-    if differ or missing:
-      names = differ + missing
-      shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-      raise CorruptCheckpointError(
-          f"checkpoint step {step} in {self._directory} is corrupt: {len(names)} of "
-          f"{len(expected)} arrays differ from their checksums ({shown})")
+    integrity.verify(restored, expected, f"checkpoint step {step} in {self._directory}")
 
   def restore_newest_valid(self, target: Any) -> Optional[Restored]:
     """Restores the newest checkpoint that can be read and verifies.
