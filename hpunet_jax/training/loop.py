@@ -1,36 +1,18 @@
-"""The training job behind `experiments.train`: train, checkpoint, evaluate, log, draw.
+"""The training loop behind `experiments.train`: train, and every so often log, evaluate, save.
 
 `train_and_evaluate(config, workdir)` resumes by itself from the newest
-checkpoint in `workdir/checkpoints` that verifies (parameters, optimiser, GECO
-state, RNG and the data iterator's position), so running the same command
+checkpoint in `workdir/checkpoints` that verifies (parameters, optimiser,
+GECO state, RNG and the data iterator's position): running the same command
 again continues a stopped run, and raising `train.num_steps` continues a
-finished one. SIGTERM (preemption) saves a checkpoint at the next step and
-returns; on several processes, a SIGTERM to any of them stops all at the same
-step (jax's preemption service, through orbax). `workdir` and the data dirs
-may be local or on an object store (`gs://...`): every path is an
-`etils.epath.Path`.
-
-Crash consistency (see README, "What a run leaves"):
-
-* one writer: process 0 holds `workdir/lease.json` (`lease.WorkdirLease`) for
-  the whole run; a second run on the same workdir stops at once;
-* exactly-once records: on every start, records of `metrics.jsonl` and the
-  TensorBoard events after the restored step (all of them when there is no
-  checkpoint yet) are dropped, and each step's evaluation and figures are
-  written before that step's checkpoint is saved, so whatever a kill
-  interrupts is redone once; a finished run that is rerun does not evaluate
-  again;
-* verified checkpoints: a checkpoint that cannot be read or fails its
-  checksums is skipped with a warning for the newest one that verifies, and
-  moved to `workdir/checkpoints.corrupt/` (never deleted) so training can
-  write that step again;
-* a failed asynchronous save stops training at the next step boundary after
-  it failed, at the latest before the next evaluation or save.
+finished one. The run's resources (lease, checkpointer, metric writer,
+preemption) belong to `run.RunContext`; the loop below is the steps and
+their periodic actions. What a run leaves: docs/training.md; what it
+guarantees when killed (evaluation before each checkpoint, records exactly
+once): docs/fault_tolerance.md.
 
 Every process trains; only process 0 writes metrics, `config.json` and
 figures; orbax coordinates the checkpoints.
 """
-import json
 import os
 import time
 
@@ -101,34 +83,42 @@ def _scalar_results(results):
           not isinstance(v, bool)}
 
 
+def _due(step, every, last):
+  """Whether a periodic action runs at `step`: every `every` steps and at the last one."""
+  return step % every == 0 or last
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains (resuming if `workdir` has checkpoints) and evaluates.
 
   Returns:
-    The last evaluation's results (see `evaluation.evaluate`; for a finished
-    run that is rerun, the scalars recorded in metrics.jsonl), or {} if the
-    run stopped early on SIGTERM.
+    The last evaluation's results (see `evaluation.driver.evaluate`; for a
+    finished run that is rerun, the scalars recorded in metrics.jsonl), or {}
+    if the run stopped early on SIGTERM.
 
   Raises:
     lease.WorkdirBusyError: another live run holds `workdir`.
+    run.RunMismatchError: a resumed run changes a model or loss field.
     checkpoint.CheckpointSaveError: a checkpoint could not be written.
     NonFiniteError: the loss or the gradient norm became NaN or Inf.
   """
   mesh = parallel.make_mesh()
   config_lib.validate(config, num_devices=mesh.devices.size)
-  is_main = jax.process_index() == 0
   workdir = epath.Path(workdir)   # local, or gs://... (any etils.epath path)
-  workdir.mkdir(parents=True, exist_ok=True)
-  held = run.acquire_lease(workdir, is_main)
-  try:
-    return _train_and_evaluate(config, workdir, mesh, is_main, held)
-  finally:
-    if held is not None:
-      held.release()
+  with run.RunContext(config, workdir) as context:
+    results, step = _train(config, context, mesh)
+  if results and context.is_main and step is not None:
+    _print_and_log(f"Evaluation on {config.eval.split} at step {step} "
+                   f"({results['num_images']} images, {config.eval.num_samples} samples each):\n"
+                   + report.format_table(results))
+    _print_and_log(f"Figures are in {workdir / FIGURE_DIR}; metrics in "
+                   f"{workdir / writer_lib.METRICS_FILE}; TensorBoard: "
+                   f"tensorboard --logdir {workdir}")
+  return results
 
 
-def _train_and_evaluate(config, workdir, mesh, is_main, held):
-  run.check_config_matches(workdir, config)
+def _train(config, context, mesh):
+  """The loop: `(results, step)`; `step` is None when the results were already recorded."""
   # Process 0 prepares; every process then checks it sees the data (a data_dir
   # local to each host stops here, before training, naming data.data_dir).
   pipeline.prepare_on_all_processes(config.data)
@@ -148,151 +138,88 @@ def _train_and_evaluate(config, workdir, mesh, is_main, held):
   state_target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
       if isinstance(x, jax.Array) else x, state)
-
-  checkpointer = checkpoint_lib.Checkpointer(workdir / CHECKPOINT_DIR,
-                                             max_to_keep=config.train.keep_checkpoints)
-  try:
-    start_step, state, extra = run.restore(checkpointer, state)
-  except BaseException:
-    checkpointer.close()
-    raise
+  start_step, state, extra = context.restore(state)
   if extra is None:
     if config.train.get("init_from"):
       state = _init_params_from(config.train.init_from, state, mesh)
   elif "data_iterator" in extra:  # an imported workdir (release.py) starts the data afresh
     train_iter.set_state(extra["data_iterator"])
-  if is_main:
-    writer_lib.write_json(workdir / config_lib.RUN_CONFIG_FILE, json.loads(config.to_json_best_effort()))
-  # Always resume at `start_step`: records after it (all, without a checkpoint)
-  # come from steps that will run again.
-  writer = writer_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
-  writer.write_text(start_step, {"config": f"```json\n{config.to_json_best_effort(indent=2)}\n```"})
-  num_steps = config.train.num_steps
-  progress = Progress(num_steps, batch_size=config.train.batch_size,
-                              start_step=start_step, print_fn=logging.info if not is_main
-                              else _print_and_log)
-  figure_dir = workdir / FIGURE_DIR
-  results = {}
-  recorded = False
+
+  workdir, writer, train = context.workdir, context.writer, config.train
+  progress = Progress(train.num_steps, batch_size=train.batch_size, start_step=start_step,
+                      print_fn=_print_and_log if context.is_main else logging.info)
+
+  def log(fetched):
+    step, metrics = fetched[-1]
+    rate = progress.steps_per_second(step)  # since the first logged step: no compilation
+    if rate is not None:
+      metrics = {**metrics, "steps_per_s": rate, "images_per_s": rate * train.batch_size}
+    writer.write(step, metrics)
+    progress.update(step, {"loss": metrics["loss"], "rec_sum": metrics["rec_sum"],
+                           "kl_sum": metrics["kl_sum"],
+                           **({"lambda": metrics["lagmul"]} if "lagmul" in metrics else {})})
 
   def evaluate_and_draw(step):
     params = local_copy(state.params["net"])
     t = time.time()
-    res = driver.run_evaluation(model, params, config, config.eval.split)
-    writer.write(step, _scalar_results(res), prefix="eval/")
+    results = driver.run_evaluation(model, params, config, config.eval.split)
+    writer.write(step, _scalar_results(results), prefix="eval/")
     logging.info("Evaluation at step %d on %s took %.1fs.", step, config.eval.split,
                  time.time() - t)
-    if is_main:
+    if context.is_main:
       paths, _ = figures.draw_figures(model, params, config, config.eval.split,
-                              os.fspath(figure_dir / f"step_{step:07d}"),
-                              title=f"step {step}, {config.eval.split}: ", writer=writer, step=step)
+                                      os.fspath(workdir / FIGURE_DIR / f"step_{step:07d}"),
+                                      title=f"step {step}, {config.eval.split}: ",
+                                      writer=writer, step=step)
       logging.info("Figures: %s", ", ".join(paths))
-    return res
+    return results
 
-  def save(step):
-    checkpointer.save(step, state, {"data_iterator": train_iter.get_state()})
-
-  def step_boundary(wait=False):
-    """Stops soon after a failed save or a lost lease, before more work is done.
-
-    A save still in flight is not waited for (`wait=False`: training steps go
-    on while it writes), except before an evaluation, which takes longer than
-    the save and must not start after a failed one.
-    """
-    if wait:
-      checkpointer.wait_until_finished()
-    else:
-      checkpointer.check_for_errors()
-    if held is not None:
-      held.check()
-
-  pending = []
-  step = start_step
-  stopped_early = False
+  results, pending, step = {}, [], start_step
   try:
-    with run.Preemption(checkpointer) as preemption:
-      while step < num_steps:
-        step_boundary()
-        batch = next(train_iter)
-        state, metrics = train_step(state, batch)
-        step += 1
-        pending.append((step, metrics))
-        last = step == num_steps
-        log_now = step % config.train.log_every == 0 or last or step == start_step + 1
-        checkpoint_now = step % config.train.checkpoint_every == 0 or last
-        evaluate_now = step % config.train.eval_every == 0 or last
-        preempted = preemption.reached(step, at_sync_step=log_now or checkpoint_now)
-        if log_now or checkpoint_now or preempted:
-          fetched = _fetch(pending)   # raises NonFiniteError before anything is saved
-          pending = []
-          if log_now:
-            s, m = fetched[-1]
-            rate = progress.steps_per_second(s)  # since the first logged step: no compilation
-            if rate is not None:
-              m = {**m, "steps_per_s": rate, "images_per_s": rate * config.train.batch_size}
-            writer.write(s, m)
-            progress.update(s, {"loss": m["loss"], "rec_sum": m["rec_sum"],
-                                "kl_sum": m["kl_sum"],
-                                **({"lambda": m["lagmul"]} if "lagmul" in m else {})})
-        # Evaluation and figures before the checkpoint: a kill in between
-        # resumes from the previous checkpoint and redoes both.
-        if evaluate_now:
-          step_boundary(wait=True)
-          results = evaluate_and_draw(step)
-        if checkpoint_now or preempted:
-          save(step)
-        if preempted and not last:
-          stopped_early = True
-          logging.warning("Stopped at step %d after SIGTERM; the checkpoint is saved. Run the "
-                          "same command again to resume.", step)
-          break
-      if not stopped_early and step == start_step:  # nothing left to train
-        found = run.recorded_evaluation(workdir, step) if is_main else None
-        if multihost.broadcast_flag(found is not None):
-          logging.info("Already trained to step %d (train.num_steps=%d) and evaluated: the "
-                       "evaluation is in %s.", step, num_steps,
-                       workdir / writer_lib.METRICS_FILE)
-          results, recorded = found or {}, True
-        else:
-          logging.info("Already trained to step %d (train.num_steps=%d).", step, num_steps)
-          results = evaluate_and_draw(step)
+    while step < train.num_steps:
+      context.boundary()
+      state, metrics = train_step(state, next(train_iter))
+      step += 1
+      pending.append((step, metrics))
+      last = step == train.num_steps
+      log_now = _due(step, train.log_every, last) or step == start_step + 1
+      save_now = _due(step, train.checkpoint_every, last)
+      preempted = context.reached_preemption(step, at_sync_step=log_now or save_now)
+      if log_now or save_now or preempted:
+        fetched, pending = _fetch(pending), []   # raises NonFiniteError before anything is saved
+        if log_now:
+          log(fetched)
+      # Evaluation and figures before the checkpoint: a kill in between
+      # resumes from the previous checkpoint and redoes both.
+      if _due(step, train.eval_every, last):
+        context.boundary(wait=True)
+        results = evaluate_and_draw(step)
+      if save_now or preempted:
+        context.save(step, state, {"data_iterator": train_iter.get_state()})
+      if preempted and not last:
+        logging.warning("Stopped at step %d after SIGTERM; the checkpoint is saved. Run the "
+                        "same command again to resume.", step)
+        return {}, step
+    if step == start_step:  # nothing left to train
+      found = run.recorded_evaluation(workdir, step) if context.is_main else None
+      if multihost.broadcast_flag(found is not None):
+        logging.info("Already trained to step %d (train.num_steps=%d) and evaluated: the "
+                     "evaluation is in %s.", step, train.num_steps,
+                     workdir / writer_lib.METRICS_FILE)
+        return found or {}, None
+      logging.info("Already trained to step %d (train.num_steps=%d).", step, train.num_steps)
+      results = evaluate_and_draw(step)
   except NonFiniteError as e:
-    writer.close()
+    checkpointer = context.checkpointer
     try:
       checkpointer.wait_until_finished()
     except checkpoint_lib.CheckpointSaveError as save_error:
       logging.error("%s", save_error)
     good = checkpointer.newest_verified_step(state_target)
-    _close_quietly(checkpointer)
     raise NonFiniteError(f"{e}; stopped. The last good checkpoint is step {good} in "
                          f"{checkpointer.directory}") from None
-  except BaseException:
-    _close_quietly(checkpointer)   # the error at hand matters more than a failed save
-    writer.close()
-    raise
-  try:
-    checkpointer.close()            # raises CheckpointSaveError if the last save failed
-  finally:
-    writer.close()
-
-  if results and is_main and not recorded:
-    _print_and_log(f"Evaluation on {config.eval.split} at step {step} "
-                   f"({results['num_images']} images, {config.eval.num_samples} samples each):\n"
-                   + report.format_table(results))
-    _print_and_log(f"Figures are in {figure_dir}; metrics in "
-                   f"{workdir / writer_lib.METRICS_FILE}; TensorBoard: "
-                   f"tensorboard --logdir {workdir}")
-  return results
-
-
-def _close_quietly(checkpointer):
-  try:
-    checkpointer.close()
-  except checkpoint_lib.CheckpointSaveError as e:
-    logging.error("%s", e)
+  return results, step
 
 
 def _print_and_log(line):
   print(line, flush=True)
-
-

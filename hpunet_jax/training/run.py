@@ -1,8 +1,9 @@
 """The run context: what a training run holds from start to end, set up and torn down in order.
 
-The lease on the workdir, preemption, restoring from the newest checkpoint
-that verifies, and the checks that a resumed run is the same run. What each
-guarantees when a run is killed: docs/fault_tolerance.md.
+`RunContext` owns the lease on the workdir, the checkpointer, the metric
+writer and preemption; it restores from the newest checkpoint that verifies
+and checks that a resumed run is the same run. What each guarantees when a
+run is killed: docs/fault_tolerance.md.
 """
 import json
 import signal
@@ -12,6 +13,7 @@ from etils import epath
 import jax
 
 from hpunet_jax import config_lib
+from hpunet_jax.infra import checkpoint as checkpoint_lib
 from hpunet_jax.infra import lease, multihost, writer as writer_lib
 
 
@@ -143,3 +145,115 @@ def restore(checkpointer, state):
   return restored.step, restored.state, restored.extra
 
 
+def close_quietly(checkpointer):
+  """Closes `checkpointer`, logging (not raising) a failed last save: another error is at hand."""
+  try:
+    checkpointer.close()
+  except checkpoint_lib.CheckpointSaveError as e:
+    logging.error("%s", e)
+
+
+class RunContext:
+  """A training run's resources, from the lease to the last save, in one `with` block.
+
+  On entry, in order: process 0 takes the workdir's lease (every process
+  stops if it cannot), a resumed run is checked against the run's
+  `config.json` (`check_config_matches`), the checkpointer opens, and SIGTERM
+  is routed to `Preemption`. `restore(state)` then resumes from the newest
+  checkpoint that verifies, writes `config.json` and opens the metric writer
+  at the restored step. On exit, in reverse: preemption is released, the
+  checkpointer waits for its last save (a failure raises CheckpointSaveError,
+  unless another error is already on its way, which then wins and the save
+  error is logged), the writer closes and the lease is released.
+
+  The loop reads the run through it: `boundary()` between steps,
+  `reached_preemption(step, ...)`, `save(step, state, extra)`, `writer`.
+  """
+
+  def __init__(self, config, workdir):
+    self.config = config
+    self.workdir = epath.Path(workdir)
+    self.is_main = jax.process_index() == 0
+    self.checkpointer = None
+    self.writer = None
+    self._lease = None
+    self._preemption = None
+
+  def __enter__(self):
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._lease = acquire_lease(self.workdir, self.is_main)
+    try:
+      check_config_matches(self.workdir, self.config)
+      self.checkpointer = checkpoint_lib.Checkpointer(
+          self.workdir / config_lib.CHECKPOINT_DIR, max_to_keep=self.config.train.keep_checkpoints)
+      self._preemption = Preemption(self.checkpointer).__enter__()
+    except BaseException:
+      self._release()
+      raise
+    return self
+
+  def restore(self, state):
+    """`(start_step, state, extra)` from the newest checkpoint that verifies (`extra` None: none).
+
+    Then writes `config.json` and opens the metric writer at `start_step`:
+    records after it (all of them without a checkpoint) come from steps that
+    will run again.
+    """
+    start_step, state, extra = restore(self.checkpointer, state)
+    config = self.config
+    if self.is_main:
+      writer_lib.write_json(self.workdir / config_lib.RUN_CONFIG_FILE,
+                            json.loads(config.to_json_best_effort()))
+    self.writer = writer_lib.MetricWriter(self.workdir, enabled=self.is_main,
+                                          resume_step=start_step)
+    self.writer.write_text(start_step,
+                           {"config": f"```json\n{config.to_json_best_effort(indent=2)}\n```"})
+    return start_step, state, extra
+
+  def boundary(self, *, wait=False):
+    """Stops soon after a failed save or a lost lease, before more work is done.
+
+    A save still in flight is not waited for (`wait=False`: training steps go
+    on while it writes), except before an evaluation, which takes longer than
+    the save and must not start after a failed one.
+    """
+    if wait:
+      self.checkpointer.wait_until_finished()
+    else:
+      self.checkpointer.check_for_errors()
+    if self._lease is not None:
+      self._lease.check()
+
+  def reached_preemption(self, step, *, at_sync_step):
+    """Whether to save and stop at `step` (`Preemption.reached`); call it at every step."""
+    return self._preemption.reached(step, at_sync_step=at_sync_step)
+
+  def save(self, step, state, extra):
+    self.checkpointer.save(step, state, extra)
+
+  def __exit__(self, exc_type, exc, tb):
+    self._release(error=exc is not None)
+    return False
+
+  def _release(self, error=True):
+    try:
+      if self._preemption is not None:
+        self._preemption.__exit__(None, None, None)
+      if self.checkpointer is not None:
+        if error:
+          close_quietly(self.checkpointer)   # the error at hand matters more than a failed save
+        else:
+          try:
+            self.checkpointer.close()        # raises CheckpointSaveError if the last save failed
+          finally:
+            self._close_writer()
+      self._close_writer()
+    finally:
+      if self._lease is not None:
+        self._lease.release()
+        self._lease = None
+
+  def _close_writer(self):
+    if self.writer is not None:
+      self.writer.close()
+      self.writer = None
