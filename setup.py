@@ -34,8 +34,13 @@ setup(
     extras_require={
         # gs:// workdirs and data dirs: etils.epath reaches them through fsspec's gcsfs.
         "gcs": ["fsspec>=2024.2", "gcsfs>=2024.2"],
+        # lidc_knegt/hdf5 reads PHiSeg's (or CCDM's) data_lidc.hdf5; imported only then.
+        "lidc_knegt": ["h5py>=3.8"],
         # tensorboard: the tests read the event files back with its EventAccumulator;
-        # fsspec: the object-store test serves gs:// from a local folder.
-        "test": ["pytest>=8.0", "tensorboard>=2.15", "fsspec>=2024.2"],
+        # fsspec: the object-store test serves gs:// from a local folder;
+        # scikit-learn: lidc_knegt's MoSE split is checked against its train_test_split;
+        # h5py: the lidc_knegt hdf5 fixtures.
+        "test": ["pytest>=8.0", "tensorboard>=2.15", "fsspec>=2024.2", "scikit-learn>=1.3",
+                 "h5py>=3.8"],
     },
 )
