@@ -16,6 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from hpunet_jax.data import lidc_knegt
+from hpunet_jax.data import pipeline
 
 h5py = pytest.importorskip("h5py")
 model_selection = pytest.importorskip("sklearn.model_selection")
@@ -377,6 +378,43 @@ def test_too_few_series_for_the_mose_split(tmp_path):
   write_pickle(tmp_path / "manual" / "data_lidc.pickle", records)
   with pytest.raises(lidc_knegt.LidcKnegtDataError, match="2 series: the mose split needs"):
     build(tmp_path / "data", tmp_path / "manual")
+
+
+# --- the pipeline ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lidc_knegt", "lidc_knegt/patient", "lidc_knegt/hdf5"])
+def test_pipeline_prepares_and_reads_float_images(tmp_path, name):
+  records = make_records(num_patients=10)
+  manual = tmp_path / "manual"
+  if name.endswith("hdf5"):
+    write_hdf5(manual / "data_lidc.hdf5", records, mose_reference(records))
+  else:
+    write_pickle(manual / "data_lidc.pickle", records)
+  config = pipeline.default_config()
+  config.name = name
+  config.data_dir = os.fspath(tmp_path / "data")
+  config.manual_dir = os.fspath(manual)
+  config.image_size = 128
+  config.num_graders = 4
+  config.read_threads = 1
+  pipeline.prepare(config)
+  pipeline.prepare(config)   # prepared: a no-op
+  train = pipeline.make_train_iterator(config, global_batch_size=4, seed=0,
+                                       process_index=0, process_count=1)
+  batch = next(train)
+  assert batch["image"].shape == (4, 128, 128, 1) and batch["image"].dtype == np.float32
+  images = {r["image"].tobytes() for r in records.values()}
+  # Floats in [0, 1] as stored, not divided by 255.
+  assert all(image[..., 0].tobytes() in images for image in batch["image"])
+  seg = batch["segmentation"]
+  assert seg.shape == (4, 128, 128, 2)
+  np.testing.assert_array_equal(seg.sum(-1), 1.0)
+  evaluation = next(pipeline.make_eval_iterator(config, "test", batch_size=8))
+  assert evaluation["image"].dtype == np.float32 and 0 <= evaluation["image"].min()
+  assert evaluation["image"].max() <= 1 and evaluation["masks"].shape[1:] == (128, 128, 4)
+  assert pipeline.num_examples(config, "test") >= len(evaluation["image"])
+  assert pipeline.example_ids(config, "test") is None   # no file names: the colab takes the first
 
 
 def test_series_under_two_patients_is_refused_by_the_patient_split(tmp_path):

@@ -12,7 +12,8 @@ Config group `data` (see `default_config`):
   name: 'synthetic_multiscale[/default|/small]', 'synthetic_objects[/default|/s64|/small]',
     'lidc_crops[/default]',
     'lidc_crops/custom', 'lidc_crops/<your name>' (your data with the sizes
-    below fixed) or 'fake'.
+    below fixed), 'lidc_knegt[/mose|/patient|/hdf5]' (the 128x128 LIDC of the
+    later literature, float images) or 'fake'.
   data_dir: tfds data dir (None = tfds default): a local folder, or a folder
     on an object store (`gs://bucket/tfds`, any `etils.epath` path). The array
     files are read through local files, so an object-store data_dir is
@@ -21,7 +22,8 @@ Config group `data` (see `default_config`):
     downloads it into its host's mirror once. On several hosts, data_dir must
     be shared (an object store or a shared file system): a folder local to
     each host stops the run before training (`prepare_on_all_processes`).
-  manual_dir: folder with the LIDC tarballs or extracted folders (None = tfds'
+  manual_dir: folder with the LIDC tarballs or extracted folders, or for
+    `lidc_knegt` the pickle(s) or hdf5 (None = tfds'
     `<data_dir>/downloads/manual`); local or on an object store.
   crop_size: centre crop (or random crop, below) to `crop_size` squared; None = none.
     With `augment.enabled` the training examples stay uncropped: the
@@ -54,6 +56,7 @@ from hpunet_jax.data.config import FAKE, default_config, validate_config  # pyli
 from hpunet_jax.data.config import _image_size
 from hpunet_jax.infra import files
 from hpunet_jax.data import lidc
+from hpunet_jax.data import lidc_knegt  # pylint: disable=unused-import  (registers the builder)
 from hpunet_jax.data import synthetic  # pylint: disable=unused-import  (registers the builder)
 
 FAKE_NUM_EXAMPLES = 64  # Per split; training repeats them forever.
@@ -315,6 +318,13 @@ def _centre(shape, size):
   return (shape[0] - size) // 2, (shape[1] - size) // 2
 
 
+def _image_to_float(image):
+  """float32 in [0, 1]: uint8 images are scaled by 1/255, float ones (lidc_knegt) kept."""
+  if np.issubdtype(image.dtype, np.floating):
+    return image.astype(np.float32)
+  return image.astype(np.float32) / 255.0
+
+
 class _TrainTransform:
   """One grader, crop and flip per example, drawn from grain's `(seed, position)` RNG."""
 
@@ -340,7 +350,7 @@ class _TrainTransform:
       image, mask = image[:, ::-1], mask[:, ::-1]
     foreground = (mask > 0).astype(np.float32)
     return {
-        "image": image.astype(np.float32) / 255.0,
+        "image": _image_to_float(image),
         "segmentation": np.stack([1.0 - foreground, foreground], axis=-1),
     }
 
@@ -357,7 +367,7 @@ class _EvalTransform:
       top, left = _centre(example["image"].shape, self._crop_size)
       crop = lambda x: _crop(x, top, left, self._crop_size)
     batch = {
-        "image": crop(example["image"]).astype(np.float32) / 255.0,
+        "image": _image_to_float(crop(example["image"])),
         "masks": (crop(example["masks"]) > 0).astype(np.float32),
     }
     if "candidates" in example:
@@ -483,11 +493,12 @@ def make_eval_iterator(data_config, split, *, batch_size, num_examples=None):  #
 def example_ids(data_config, split):
   """`[(patient_id, z, crop)]` of every example of `split` in source order, or None.
 
-  None for datasets without patients (fake and synthetic data). Reads (and
-  decodes) the whole split once: for picking examples, not for training.
+  None for datasets without patients and file names (fake and synthetic data,
+  lidc_knegt). Reads (and decodes) the whole split once: for picking
+  examples, not for training.
   """
   source = _source(data_config, split)
-  if not len(source) or "patient_id" not in source[0]:
+  if not len(source) or "patient_id" not in source[0] or "z" not in source[0]:
     return None
   text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
   return [(text(e["patient_id"]), text(e["z"]), int(e["crop"]))
