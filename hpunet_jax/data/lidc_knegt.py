@@ -554,7 +554,10 @@ class LidcKnegt(builders.ArrayRecordBuilder):
     records = read_pickles(paths)
     if not records:
       raise LidcKnegtDataError(f"{', '.join(map(str, paths))}: no examples")
-    examples = {key: check_record(key, record, path) for key, (record, path) in records.items()}
+    examples = {}
+    for key in list(records):   # popped: the pickle's arrays go as their copies are made
+      record, path = records.pop(key)
+      examples[key] = check_record(key, record, path)
     splits = split_pickle(examples, config)
     return {split: self._generate_examples(splits[split], split) for split in SPLITS}
 
