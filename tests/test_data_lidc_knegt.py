@@ -44,7 +44,8 @@ def make_records(num_patients=10, slices=2, seed=0):
         top = int(rng.integers(20, 90))
         mask[top:top + 4 * k, 30:60] = 1
       masks.append(mask)
-    series = f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{patient:04d}{'9' if patient == 3 and slice_ else ''}"
+    second_scan = "9" if patient == 3 and slice_ else ""
+    series = f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{patient:04d}{second_scan}"
     records[f"LIDC-IDRI-{patient:04d}_slice{slice_}"] = {
         "image": rng.random(SIZE).astype(np.float32),
         "masks": masks,
