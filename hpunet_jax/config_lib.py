@@ -22,6 +22,9 @@ from hpunet_jax.model import EXECUTION_FIELDS, HPUNetConfig
 HPUNET_FIELDS = tuple(f.name for f in dataclasses.fields(HPUNetConfig))
 
 LOSS_TYPES = ("geco", "elbo")
+# The presets of hpunet_jax/evaluation/protocols.py (a layer above: named here
+# so a wrong name stops the run before anything compiles; a test keeps both equal).
+EVAL_PROTOCOLS = ("hpunet", "phiseg", "ssn", "car", "ccdm", "mose", "berdiff")
 SCHEDULES = ("constant", "piecewise")
 
 
@@ -82,6 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=100,
       batch_size=16,
       num_figure_examples=4,
+      # The literature's evaluation protocols: hpunet_jax/evaluation/protocols.py.
+      protocol="hpunet",
   ))
   return c
 
@@ -190,6 +195,8 @@ def validate(config, *, num_devices=None):
   ev = config.eval
   _require(ev.num_samples >= 1, f"eval.num_samples must be >= 1, got {ev.num_samples}")
   _require(ev.batch_size >= 1, f"eval.batch_size must be >= 1, got {ev.batch_size}")
+  _require(ev.get("protocol", "hpunet") in EVAL_PROTOCOLS,
+           f"eval.protocol={ev.get('protocol')!r}: need one of {EVAL_PROTOCOLS}")
   if ev.num_examples is not None:
     _require(ev.num_examples >= 1, f"eval.num_examples must be >= 1 or None, got {ev.num_examples}")
   return model

@@ -226,35 +226,48 @@ def ncc(sample_probs, graders) -> jax.Array:
 # Hungarian-matched IoU (host).
 
 
-def hungarian_matched_iou_from_iou(iou_sy) -> float:
+def hungarian_matched_iou_from_iou(iou_sy, *, tiling="lcm") -> float:
   """HM-IoU from a `[N, M]` sample-grader IoU matrix; see `hungarian_matched_iou`."""
   iou_sy = np.asarray(iou_sy, np.float64)
   num_samples, num_graders = iou_sy.shape
   if num_samples == 0 or num_graders == 0:
     raise ValueError(f"hungarian_matched_iou needs samples and graders, got {num_samples} "
                      f"samples and {num_graders} graders")
+  if tiling == "graders":
+    # CAR, MoSE and BerDiff repeat the graders to the sample count; where that is
+    # possible it is the lcm tiling (lcm = N), which their code has no other form of.
+    if num_samples % num_graders:
+      raise ValueError(f"hungarian_matched_iou with tiling='graders' repeats the {num_graders} "
+                       f"graders to the {num_samples} samples: need a multiple of {num_graders}")
+  elif tiling != "lcm":
+    raise ValueError(f"hungarian_matched_iou: tiling={tiling!r}, need 'lcm' or 'graders'")
   size = math.lcm(num_samples, num_graders)
   tiled = np.tile(iou_sy, (size // num_samples, size // num_graders))  # [L, L]
   rows, cols = scipy.optimize.linear_sum_assignment(1.0 - tiled)
   return float(tiled[rows, cols].mean())
 
 
-def hungarian_matched_iou(samples, graders) -> float:
+def hungarian_matched_iou(samples, graders, *, tiling="lcm") -> float:
   """Hungarian-matched IoU (HM-IoU).
 
   As CCDM's code: samples and graders are both tiled to their least common
   multiple `L = lcm(N, M)` (for 16 samples and 4 graders: the graders 4x, as
   the HPU-Net paper); `scipy.optimize.linear_sum_assignment` pairs them at
   minimal total `1 - IoU`; the result is the mean IoU of the `L` matched pairs.
+  The order of the copies does not change the optimum, so CAR's, MoSE's and
+  BerDiff's repetition of the graders to N gives the same value;
+  `tiling='graders'` is that form, which refuses N not a multiple of M as
+  their code cannot take it (`hpunet_jax.evaluation.protocols`).
 
   Args:
     samples: binary masks `[N, H, W]`.
     graders: binary masks `[M, H, W]`.
+    tiling: 'lcm' or 'graders'.
 
   Returns:
     HM-IoU in [0, 1].
   """
-  return hungarian_matched_iou_from_iou(pairwise_iou(samples, graders))
+  return hungarian_matched_iou_from_iou(pairwise_iou(samples, graders), tiling=tiling)
 
 
 # ----------------------------------------------------------------------------
