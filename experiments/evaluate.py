@@ -1,13 +1,16 @@
 """Evaluates the latest checkpoint in --workdir and writes DIR/evaluation.json.
 
     python -m experiments.evaluate --workdir=runs/synthetic \
-        [--config.eval.split=test] [--config.eval.num_samples=100] [--config.eval.num_examples=N]
+        [--config.eval.split=test] [--config.eval.num_samples=100] [--config.eval.num_examples=N] \
+        [--config.eval.protocol=hpunet|phiseg|ssn|car|ccdm|mose|berdiff]
 
 Uses the run's `config.json` (its `eval` group: split, samples per image,
 number of images, batch size) unless `--config=FILE` is given; any field can
 be overridden with `--config.<group>.<field>=value` (see
-`experiments/run_flags.py`). Prints progress lines while it runs, then one
-table.
+`experiments/run_flags.py`). `eval.protocol` scores the run as a paper's code
+does (`hpunet_jax/evaluation/protocols.py`, docs/literature.md); the papers'
+presets fix the samples per image and take the whole split. Prints progress
+lines while it runs, then one table.
 """
 from absl import app
 from etils import epath
@@ -15,7 +18,7 @@ import jax
 
 from experiments import run_flags
 from hpunet_jax import config_lib
-from hpunet_jax.evaluation import driver, report, restore, scales
+from hpunet_jax.evaluation import driver, protocols, report, restore, scales
 from hpunet_jax.infra import logs, writer
 
 EVALUATION_FILE = "evaluation.json"
@@ -28,10 +31,11 @@ def main(argv):
   workdir = run_flags.WORKDIR.value
   config = run_flags.config()
   config, model, params, step = restore.restore_params(workdir, config)
-  split, num_samples = config.eval.split, config.eval.num_samples
-  num_examples = config.eval.num_examples   # None: the whole split
+  split, num_samples = config.eval.split, protocols.num_samples(config.eval)
+  num_examples = protocols.num_examples(config.eval)   # None: the whole split
   results = driver.run_evaluation(model, params, config, split, print_fn=print)
-  results.update(step=step, split=split, num_samples=num_samples)
+  results.update(step=step, split=split, num_samples=num_samples,
+                 protocol=protocols.of_config(config.eval).name)
   # Which latent scale carries which factor of a known distribution:
   # (statistics, key in evaluation.json, table, heading), or None.
   if "joint_tvd" in results:  # data with independent objects: per object
@@ -54,7 +58,8 @@ def main(argv):
   path = epath.Path(workdir) / EVALUATION_FILE
   writer.write_json(path, results)
   print(f"{config.data.name} {split}, checkpoint step {step}, "
-        f"{results['num_images']} images, {num_samples} samples each:")
+        f"{results['num_images']} images, {num_samples} samples each, "
+        f"protocol {results['protocol']}:")
   print(report.format_table(results))
   if scale_analysis:
     _, key, table, heading = scale_analysis

@@ -1,10 +1,15 @@
 """The literature's evaluation protocols: each preset against a numpy port of its paper's code."""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
 
 from hpunet_jax import config_lib
-from hpunet_jax.evaluation import metrics, protocols
+from hpunet_jax.evaluation import driver, metrics, protocols
 
 SIZE = 16
 
@@ -184,3 +189,88 @@ def test_ged_equals_phisegs_and_moses_code(num_samples):
   assert got == pytest.approx(_ged_phiseg(samples, graders), abs=1e-5)
   assert got == pytest.approx(_ged_mose(samples, graders), abs=1e-5)   # 1e-8 guards aside
   assert float(metrics.generalized_energy_distance(graders, graders)) == pytest.approx(0, abs=1e-7)
+
+
+# --- the driver under each preset ---
+
+GRADER_SETS = _random_masks(np.random.default_rng(7), 4 * 8).reshape(8, 4, SIZE, SIZE)
+
+
+class GraderStub:
+  """Each sample is one of the image's graders (drawn at random); reconstructs perfectly."""
+
+  def sample(self, params, rng, images, *, num_samples=1, mean=False):
+    del params, mean
+    graders = jnp.moveaxis(images[..., 1:], -1, 1)  # [B, 4, H, W]: the graders ride in the image
+    index = jax.random.randint(rng, (num_samples, images.shape[0]), 0, graders.shape[1])
+    masks = graders[jnp.arange(images.shape[0])[None, :], index]  # [N, B, H, W]
+    return 5.0 * jnp.stack([1.0 - masks, masks], -1)
+
+  def reconstruct(self, params, rng, images, segmentations, *, mean=False):
+    del params, rng, images, mean
+    return 5.0 * segmentations
+
+
+def _batches():
+  masks = np.moveaxis(GRADER_SETS, 1, -1)  # [8, H, W, 4]
+  images = np.concatenate([np.zeros_like(masks[..., :1]), masks], -1)
+  return [{"image": images[i:i + 4], "masks": masks[i:i + 4]} for i in (0, 4)]
+
+
+def _evaluate(protocol, num_samples):
+  return driver.per_image_scores(GraderStub(), {}, _batches(), rng=jax.random.key(0),
+                                 num_samples=num_samples, protocol=protocol)
+
+
+def test_hpunet_protocol_is_todays_evaluation():
+  kwargs = dict(rng=jax.random.key(0), num_samples=16, num_bootstrap=50)
+  default = driver.evaluate(GraderStub(), {}, _batches(), **kwargs)
+  explicit = driver.evaluate(GraderStub(), {}, _batches(), protocol=protocols.hpunet(), **kwargs)
+  assert default == explicit
+  assert {"ged_16", "hm_iou_16", "iou_rec", "ncc", "diversity", "ged_16_subset_b"} <= set(default)
+
+
+@pytest.mark.parametrize("name", ["phiseg", "ssn", "car", "ccdm", "mose"])
+def test_each_preset_computes_its_papers_scores(name):
+  preset = protocols.get(name)
+  scores = _evaluate(preset, preset.num_samples)
+  expected = {f"ged_{n}" for n in preset.ged_sizes} | {"subset_b"}
+  expected |= {"hm_iou_16"} if preset.hm_iou_size else set()
+  expected |= {"ncc"} if preset.ncc else set()
+  expected |= {"diversity"} if preset.diversity else set()
+  assert set(scores) == expected, name
+  # The same per-image GED as the paper's formula on the same samples.
+  samples = _stub_samples(preset.num_samples)
+  ged = [_ged_phiseg(samples[i], GRADER_SETS[i]) for i in range(8)]
+  key = f"ged_{preset.ged_sizes[0]}"
+  np.testing.assert_allclose(scores[key], ged, atol=1e-5)
+  if preset.hm_iou_size:
+    port = {"car": _hm_iou_car, "ccdm": _hm_iou_ccdm, "mose": _hm_iou_mose}[name]
+    np.testing.assert_allclose(scores["hm_iou_16"],
+                               [port(samples[i], GRADER_SETS[i]) for i in range(8)], atol=1e-6)
+  summary = driver.summarise(scores, num_bootstrap=0, protocol=preset)
+  assert not any(k.startswith(("ged_", "hm_iou_")) and "subset_b" in k for k in summary)
+
+
+def _stub_samples(num_samples):
+  """The samples `GraderStub` draws per image in `_evaluate` (batch i: the first half of
+  `split(fold_in(key, i))`, as the driver's device function)."""
+  out = []
+  for index, batch in enumerate(_batches()):
+    sample_rng, _ = jax.random.split(jax.random.fold_in(jax.random.key(0), index))
+    logits = GraderStub().sample({}, sample_rng,
+                                 jnp.asarray(batch["image"]), num_samples=num_samples)
+    out.append(np.moveaxis(np.asarray(jnp.argmax(logits, -1) == 1, np.float32), 0, 1))
+  return np.concatenate(out)  # [8, N, H, W]
+
+
+def test_berdiff_scores_hm_iou_on_the_first_images_only():
+  preset = dataclasses.replace(protocols.berdiff(), hm_iou_num_images=5)  # 180 of 1980, here 5 of 8
+  scores = _evaluate(preset, 16)
+  everything = _evaluate(protocols.hpunet(), 16)
+  assert len(scores["ged_16"]) == 8 and len(scores["hm_iou_16"]) == 5
+  np.testing.assert_allclose(scores["hm_iou_16"], everything["hm_iou_16"][:5])
+  summary = driver.summarise(scores, num_bootstrap=0, protocol=preset)
+  assert summary["hm_iou_16_num_images"] == 5
+  assert summary["hm_iou_16"] == pytest.approx(np.mean(everything["hm_iou_16"][:5]))
+  assert math.isclose(summary["ged_16"], np.mean(everything["ged_16"]))

@@ -21,6 +21,9 @@ Which samples each score uses (N = `num_samples`, default 100):
     floor for N samples, so `exact_ged_normalised` compares like with like;
   - `iou_rec`: the posterior-mean reconstruction from each grader in turn
     against that grader, averaged over graders.
+That is the `hpunet` protocol; the literature's others (`eval.protocol`,
+`hpunet_jax.evaluation.protocols`) change the sample count and which of these
+scores are computed, and how.
 """
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -30,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hpunet_jax.data import pipeline
-from hpunet_jax.evaluation import exact, metrics
+from hpunet_jax.evaluation import exact, metrics, protocols
 from hpunet_jax.infra.progress import Progress
 
 GED_SIZES = (16, 50, 100)
@@ -147,7 +150,8 @@ def first_examples(batches: Iterable[Mapping[str, Any]], num_examples: Optional[
 
 def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
                      num_samples: int = 100, num_examples: Optional[int] = None,
-                     on_batch: Optional[Callable[[int], Any]] = None) -> dict:
+                     on_batch: Optional[Callable[[int], Any]] = None,
+                     protocol: Optional[protocols.Protocol] = None) -> dict:
   """Scores every image of `batches`.
 
   Args:
@@ -163,7 +167,10 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
     num_samples: samples per image.
     num_examples: stop after this many images (all if None).
     on_batch: called after each batch with the number of images scored so
-      far (e.g. `summary.Progress.update`).
+      far (e.g. `hpunet_jax.infra.progress.Progress.update`).
+    protocol: which scores, on how many samples and images
+      (`protocols.Protocol`); None: `hpunet`. Its `num_samples` is not read
+      here: `num_samples` is.
 
   Returns:
     dict of per-image numpy arrays, keyed like `evaluate`'s means, plus
@@ -171,6 +178,7 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  protocol = protocol or protocols.hpunet()
   device_fn = _device_fn(model, num_samples)
   scores: dict = {}
   add = lambda key, values: scores.setdefault(key, []).append(np.asarray(values, np.float64))
@@ -192,16 +200,24 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
     out = {k: np.asarray(v, np.float64) for k, v in out.items()}
     batch_size = images.shape[0]
 
-    for n in GED_SIZES:
+    for n in protocol.ged_sizes:
       if n <= num_samples:
         add(f"ged_{n}", metrics.ged_from_iou(out["iou_sy"][:, :n], out["iou_ss"][:, :n, :n],
                                              out["iou_yy"]))
-    if HM_IOU_SIZE <= num_samples:
-      add(f"hm_iou_{HM_IOU_SIZE}", [metrics.hungarian_matched_iou_from_iou(m[:HM_IOU_SIZE])
-                                    for m in out["iou_sy"]])
-    add("iou_rec", out["iou_rec"])
-    add("ncc", out["ncc"])
-    add("diversity", (1.0 - out["iou_ss"]).mean(axis=(-2, -1)))
+    hm_size = protocol.hm_iou_size
+    if hm_size is not None and hm_size <= num_samples:
+      matrices = out["iou_sy"]
+      if protocol.hm_iou_num_images is not None:   # BerDiff: the first images only
+        matrices = matrices[:max(0, protocol.hm_iou_num_images - seen)]
+      add(f"hm_iou_{hm_size}", [
+          metrics.hungarian_matched_iou_from_iou(m[:hm_size], tiling=protocol.hm_iou_tiling)
+          for m in matrices])
+    if protocol.iou_rec:
+      add("iou_rec", out["iou_rec"])
+    if protocol.ncc:
+      add("ncc", out["ncc"])
+    if protocol.diversity:
+      add("diversity", (1.0 - out["iou_ss"]).mean(axis=(-2, -1)))
     subset.append(metrics.subset_b(np.moveaxis(masks, -1, 1)))
 
     if has_candidates:
@@ -238,8 +254,14 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
 
 
 def summarise(scores: Mapping[str, np.ndarray], *, num_bootstrap: int = 1000,
-              seed: int = 0) -> dict:
-  """Aggregates `per_image_scores` into `evaluate`'s flat dict."""
+              seed: int = 0, protocol: Optional[protocols.Protocol] = None) -> dict:
+  """Aggregates `per_image_scores` into `evaluate`'s flat dict.
+
+  Subset B scores where `protocol` (None: `hpunet`) asks for them; a score
+  computed on fewer images than the split (BerDiff's HM-IoU) gets
+  `<key>_num_images`.
+  """
+  protocol = protocol or protocols.hpunet()
   subset = np.asarray(scores["subset_b"], bool)
   results: dict = {"num_images": int(subset.size), "num_images_subset_b": int(subset.sum())}
 
@@ -256,7 +278,9 @@ def summarise(scores: Mapping[str, np.ndarray], *, num_bootstrap: int = 1000,
     put(key, stats)
     if key in NAN_KEYS:
       results[f"{key}_num_nan"] = stats["num_nan"]
-    if key in SUBSET_B_KEYS:
+    if key.startswith("hm_iou") and values.size != subset.size:
+      results[f"{key}_num_images"] = int(values.size)
+    elif key in SUBSET_B_KEYS and protocol.subset_b:
       put(f"{key}_subset_b", metrics.aggregate(values, subset=subset, num_bootstrap=num_bootstrap,
                                                seed=seed))
   for key in scores:
@@ -270,7 +294,8 @@ def summarise(scores: Mapping[str, np.ndarray], *, num_bootstrap: int = 1000,
 
 def evaluate(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
              num_samples: int = 100, num_examples: Optional[int] = None,
-             num_bootstrap: int = 1000, on_batch: Optional[Callable[[int], Any]] = None) -> dict:
+             num_bootstrap: int = 1000, on_batch: Optional[Callable[[int], Any]] = None,
+             protocol: Optional[protocols.Protocol] = None) -> dict:
   """Samples `model` on `batches` and returns the split's scores.
 
   See the module docstring for which samples each score uses, and
@@ -288,11 +313,12 @@ def evaluate(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
     `<key>_subset_b_ci`. For `ncc` and `exact_ged_normalised` also
     `<key>_num_nan`, the images where it is undefined (left out of the mean).
     Plus `num_images`, `num_images_subset_b` and, with candidates,
-    `num_images_exact`.
+    `num_images_exact`. That is for the `hpunet` protocol (`protocol`
+    None); another protocol keeps the keys of the scores it computes.
   """
   scores = per_image_scores(model, params, batches, rng=rng, num_samples=num_samples,
-                            num_examples=num_examples, on_batch=on_batch)
-  return summarise(scores, num_bootstrap=num_bootstrap)
+                            num_examples=num_examples, on_batch=on_batch, protocol=protocol)
+  return summarise(scores, num_bootstrap=num_bootstrap, protocol=protocol)
 
 
 # ---------------------------------------------------------------------------
@@ -331,11 +357,17 @@ def evaluation_progress(config, split, num_examples, *, print_fn=logging.info):
 
 def run_evaluation(model, params, config, split, *, num_samples=None, num_examples=None,
                    rng=None, print_fn=logging.info):
-  """Evaluates `params` on `split` with the config's eval settings, with progress lines."""
-  num_samples = num_samples or config.eval.num_samples
-  num_examples = num_examples if num_examples is not None else config.eval.num_examples
+  """Evaluates `params` on `split` with the config's eval settings, with progress lines.
+
+  `eval.protocol` says the scores, and with the papers' presets the sample
+  count and the images (`protocols.num_samples`, `protocols.num_examples`);
+  `num_samples` / `num_examples`, when given, override those.
+  """
+  protocol = protocols.of_config(config.eval)
+  num_samples = num_samples or protocols.num_samples(config.eval)
+  num_examples = num_examples if num_examples is not None else protocols.num_examples(config.eval)
   rng = jax.random.key(config.train.seed + 1) if rng is None else rng
   progress = evaluation_progress(config, split, num_examples, print_fn=print_fn)
   return evaluate(model, params, eval_batches(config, split, num_examples), rng=rng,
-                             num_samples=num_samples, num_examples=num_examples,
-                             on_batch=progress.update)
+                  num_samples=num_samples, num_examples=num_examples,
+                  on_batch=progress.update, protocol=protocol)

@@ -34,6 +34,9 @@ def format_table(results: Mapping[str, Any]) -> str:
   lines = [line(rows[0]), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
   lines.append(f"images: {results.get('num_images', 0)}, subset B: "
                f"{results.get('num_images_subset_b', 0)}")
+  for key in ORDER:
+    if f"{key}_num_images" in results:   # a protocol's score on the first images only
+      lines.append(f"{key}: on the first {results[f'{key}_num_images']} images only")
   for key in NAN_KEYS:
     if results.get(f"{key}_num_nan"):
       lines.append(f"{key}: undefined for {results[f'{key}_num_nan']} images (constant maps), "

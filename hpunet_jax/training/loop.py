@@ -162,7 +162,9 @@ def _train(config, context, mesh):
   def evaluate_and_draw(step):
     params = local_copy(state.params["net"])
     t = time.time()
-    results = driver.run_evaluation(model, params, config, config.eval.split)
+    # The fixed slice of eval.num_examples images, whatever eval.protocol.
+    results = driver.run_evaluation(model, params, config, config.eval.split,
+                                    num_examples=config.eval.num_examples)
     writer.write(step, _scalar_results(results), prefix="eval/")
     logging.info("Evaluation at step %d on %s took %.1fs.", step, config.eval.split,
                  time.time() - t)
