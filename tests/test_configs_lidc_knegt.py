@@ -69,3 +69,11 @@ def test_tiny_config_trains_and_evaluates_end_to_end(tmp_path):
   assert results["num_images"] == 2   # eval.num_examples of :tiny
   assert "lidc_knegt test" in evaluate.stdout
   assert any(k.startswith("ged") for k in results), sorted(results)
+  # The same run scored as MoSE's code scores it: 16 samples, the whole test split.
+  evaluate = _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+                  "--config.eval.protocol=mose")
+  results = json.loads((workdir / "evaluation.json").read_text())
+  assert results["protocol"] == "mose" and results["num_samples"] == 16
+  assert results["num_images"] == 4   # the test split of 8 series: 2 series x 2 slices
+  assert {"ged_16", "hm_iou_16"} <= set(results) and "ncc" not in results
+  assert "protocol mose" in evaluate.stdout
