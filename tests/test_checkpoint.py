@@ -241,3 +241,27 @@ def test_read_only_creates_nothing_and_keeps_temporary_directories(tmp_path):
     with pytest.raises(PermissionError):
       ckpt.save(3, _make_state(3))
   assert os.path.isdir(in_flight)
+
+
+@pytest.mark.parametrize("damage", [flip_byte, truncate_data], ids=["flipped_byte", "truncated"])
+def test_restore_subtree_reads_only_the_parameters_verified_with_fallback(tmp_path, damage):
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, _big_state(1), {"n": 1}, wait=True)
+    ckpt.save(2, _big_state(2), {"n": 2}, wait=True)
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
+    newest = ckpt.restore_subtree(("params",))
+    assert newest.step == 2 and newest.bad_steps == [] and newest.extra == {"n": 2}
+    assert set(newest.state) == set(_big_state(2).params)   # no optimiser, no RNG
+    np.testing.assert_array_equal(newest.state["decoder/big"]["w"],
+                                  _big_state(2).params["decoder/big"]["w"])
+    with pytest.raises(KeyError, match="no params.absent"):
+      ckpt.restore_subtree(("params", "absent"))
+  damage(str(tmp_path / "2"))
+  with checkpoint.Checkpointer(tmp_path, read_only=True) as ckpt:
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="step 2"):
+      ckpt.restore_subtree(("params",), step=2)
+    found = ckpt.restore_subtree(("params",))
+    assert found.step == 1 and [s for s, _ in found.bad_steps] == [2]
+    np.testing.assert_array_equal(found.state["decoder/big"]["w"],
+                                  _big_state(1).params["decoder/big"]["w"])
+    assert ckpt.all_steps() == [1, 2]          # a reader moves nothing

@@ -393,7 +393,12 @@ class Checkpointer:
         item_handlers={_STATE: ocp.PyTreeCheckpointHandler(),
                        _EXTRA: ocp.JsonCheckpointHandler()})
     try:
-      metadata = manager.item_metadata(step)[_STATE]
+      try:
+        metadata = manager.item_metadata(step)[_STATE]
+      except Exception as e:  # pylint: disable=broad-except
+        # A truncated or unreadable file fails here already, before any data.
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} in {self._directory} cannot be read: {_first_line(e)}") from e
       node = getattr(metadata, "tree", metadata)
       for key in prefix:
         if not isinstance(node, dict) or key not in node:
