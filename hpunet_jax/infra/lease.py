@@ -8,11 +8,17 @@ refreshed). While it is held, a background thread rewrites `refreshed` every
 Semantics:
 
 * **Taking it.** If there is no lease file, the lease is created only if
-  absent: on a local filesystem atomically (`O_CREAT | O_EXCL`); on object
-  stores (`gs://...`), which `etils.epath` cannot create exclusively, the
-  record is written, and after `settle` seconds read back and compared by
-  token, so of two processes racing for the same workdir the one whose write
-  landed last wins and the other refuses. Local leases are read back too.
+  absent: on a local filesystem by `O_CREAT | O_EXCL`; on object stores
+  (`gs://...`) by fsspec's exclusive create, `open(mode="xb")`, which gcsfs
+  (2024.12 and later) sends as an upload with `ifGenerationMatch=0`, so GCS
+  itself refuses the second of two racing creates. Only where the store's
+  filesystem has no exclusive create (fsspec raises on mode "x": older gcsfs,
+  and fsspec's other object-store filesystems that lack it) is the record
+  written plainly, last writer wins. Either way the record is read back after
+  `settle` seconds and compared by token, so a store or emulator that accepts
+  the precondition without enforcing it (fake-gcs-server ignores
+  `ifGenerationMatch` on uploads) still leaves one holder: the run whose
+  write landed last, the other refusing.
 * **Refusing.** A lease whose holder is alive makes `acquire` raise
   `WorkdirBusyError`, one line naming the holder's host, pid and start time.
 * **Stale leases.** A lease is stale when its holder is on this host and its
@@ -42,6 +48,7 @@ from typing import Optional
 
 from absl import logging
 from etils import epath
+import fsspec
 
 from hpunet_jax.infra import files
 
@@ -151,9 +158,18 @@ class WorkdirLease:
       with os.fdopen(fd, "w") as f:
         f.write(text)
       return True
+    fs, path = fsspec.core.url_to_fs(os.fspath(self.path))
+    try:
+      with fs.open(path, "xb") as f:   # gcsfs: an upload with ifGenerationMatch=0
+        f.write(text.encode())
+      return True
+    except FileExistsError:
+      return False
+    except (ValueError, NotImplementedError):
+      pass   # no exclusive create on this store: written plainly below
     if self.path.exists():
       return False
-    self.path.write_text(text)   # object stores: last writer wins, settled by the read-back
+    self.path.write_text(text)   # last writer wins, settled by the read-back
     return True
 
   def _overwrite(self, record: dict):
@@ -220,12 +236,15 @@ class WorkdirLease:
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
-    current = self._read()
-    if current and current.get("token") == self._record["token"]:
-      try:
-        self.path.unlink()
-      except FileNotFoundError:
-        pass
+    try:
+      current = self._read()
+      if current and current.get("token") == self._record["token"]:
+        try:
+          self.path.unlink()
+        except FileNotFoundError:
+          pass
+    except OSError as e:   # the store is gone: the lease goes stale, the next run takes it
+      logging.warning("Could not release the lease %s: %s", self.path, str(e).splitlines()[0])
     self._record = None
 
   def __enter__(self):
