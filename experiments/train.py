@@ -65,6 +65,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logs.quiet_library_logs()
+  logs.divert_background_errors(_WORKDIR.value)
+  logs.exit_on_storage_failure(_WORKDIR.value)
   if _DISTRIBUTED.value:
     initialize_distributed()
   try:
@@ -72,6 +74,13 @@ def main(argv):
   except run.RunMismatchError as e:   # one line: the field, both values, what to do
     sys.stderr.write(f"FATAL {e}\n")
     sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except
+    if not logs.is_storage_error(e):
+      raise
+    # A store that failed (full, forbidden, gone): one line, then out at once; the
+    # interpreter's teardown would wait on that store again in every library's
+    # atexit handler and print their threads' tracebacks (docs/fault_tolerance.md).
+    logs.exit_now(logs.storage_failure(e, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from hpunet_jax.data import augment, pipeline
 from hpunet_jax.evaluation import driver, figures, report
 from hpunet_jax.evaluation.restore import local_copy, restore_params
 from hpunet_jax.infra import checkpoint as checkpoint_lib
-from hpunet_jax.infra import multihost, parallel
+from hpunet_jax.infra import logs, multihost, parallel
 from hpunet_jax.infra import writer as writer_lib
 from hpunet_jax.infra.progress import Progress
 from hpunet_jax.training import run
@@ -220,6 +220,9 @@ def _train(config, context, mesh):
     good = checkpointer.newest_verified_step(state_target)
     raise NonFiniteError(f"{e}; stopped. The last good checkpoint is step {good} in "
                          f"{checkpointer.directory}") from None
+  except BaseException as e:
+    logs.at_step(e, step)          # the one-line stop of a failed store names it
+    raise
   return results, step
 
 
