@@ -16,7 +16,7 @@ import jax
 from ml_collections import config_flags
 
 from hpunet_jax import config_lib
-from hpunet_jax.infra import logs
+from hpunet_jax.infra import lease, logs
 from hpunet_jax.training import loop, run
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -71,7 +71,8 @@ def main(argv):
     initialize_distributed()
   try:
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except run.RunMismatchError as e:   # one line: the field, both values, what to do
+  except (run.RunMismatchError, lease.WorkdirBusyError) as e:
+    # One line: the field and both values, or the workdir and its holder; what to do.
     sys.stderr.write(f"FATAL {e}\n")
     sys.exit(1)
   except Exception as e:  # pylint: disable=broad-except

@@ -56,7 +56,8 @@ def test_lease_on_another_host_is_stale_only_when_not_refreshed(tmp_path):
 
 
 def test_object_store_path_writes_then_reads_back(tmp_path, monkeypatch):
-  # Without exclusive creation (as on gs://), the token read back decides.
+  # As on gs://: the exclusive create goes through fsspec (here its local filesystem),
+  # and the token read back after the pause decides.
   monkeypatch.setattr(lease.files, "is_local", lambda path: False)
   held = lease.WorkdirLease(tmp_path, settle=0.0).acquire()
   with pytest.raises(lease.WorkdirBusyError):
@@ -84,3 +85,16 @@ def test_refresh_detects_a_takeover(tmp_path):
   finally:
     held.release()
   assert (tmp_path / lease.LEASE_FILE).exists()   # the new holder's lease stays
+
+
+def test_object_store_lease_is_created_exclusively(monkeypatch):
+  """On gs:// the lease is an exclusive create (gcsfs: ifGenerationMatch=0), not a plain write."""
+  import fsspec  # pylint: disable=g-import-not-at-top
+  store = fsspec.filesystem("memory")
+  path = "/bucket/run/lease.json"
+  monkeypatch.setattr(fsspec.core, "url_to_fs", lambda url: (store, path))
+  held = lease.WorkdirLease("gs://bucket/run")
+  assert held._create({"token": "first"})             # pylint: disable=protected-access
+  assert not held._create({"token": "second"})        # pylint: disable=protected-access
+  assert json.loads(store.cat(path))["token"] == "first"
+  store.rm(path)
