@@ -193,11 +193,11 @@ def storage_failure(error: BaseException, workdir) -> str:
   where = f"at step {step}" if step is not None else "before the first step"
   path = getattr(error, "filename", None) or os.fspath(workdir)
   cause = " ".join(str(error).split()) or type(error).__name__
-  if len(cause) > 300:
-    cause = cause[:297] + "..."
+  if len(cause) > 1000:   # an HTTP error's body
+    cause = cause[:997] + "..."
   line = (f"FATAL storage failed {where}: {path}: {type(error).__name__}: {cause}. Everything "
-          f"written before is kept; run the same command again to resume from the newest "
-          f"checkpoint that verifies.")
+          f"written before is kept; once the storage works again, run the same command to "
+          f"resume from the newest checkpoint that verifies.")
   if _sink is not None and _sink.count:
     line += f" Background tracebacks: {_sink.path}"
   return line
