@@ -8,7 +8,7 @@ the data, training or I/O stacks. The training names (`TrainState`,
 """
 import importlib
 
-from hpunet_jax.model import HPUNetConfig, make_model
+from hpunet_jax.model import HPUNetConfig, ProbUNetConfig, make_model
 
 # Public name -> the module that defines it, imported when first asked for.
 _LAZY = {
@@ -20,7 +20,7 @@ _LAZY = {
     "parallel": "hpunet_jax.infra.parallel",
 }
 
-__all__ = ["HPUNetConfig", "make_model", *_LAZY]
+__all__ = ["HPUNetConfig", "ProbUNetConfig", "make_model", *_LAZY]
 
 
 def __getattr__(name):

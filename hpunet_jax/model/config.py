@@ -1,4 +1,7 @@
-"""The HPU-Net's typed config: sizes that define the network, and execution settings.
+"""The models' typed configs: sizes that define the network, and execution settings.
+
+`HPUNetConfig` (the HPU-Net) and `ProbUNetConfig` (the Prob. U-Net of Kohl et
+al. 2018); `make_model` builds whichever it is given.
 
 `HPUNetConfig` is the one source of the model's defaults (the release's LIDC
 setting); the experiment config's `model` and `execution` groups are built
@@ -27,16 +30,40 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # group, which a resumed run may change.
 EXECUTION_FIELDS = ("compute_dtype", "remat", "gemm_weight_grad_sizes")
 
-def _positive_tuple(name, value, allow_empty=False):
+def _positive_tuple(name, value, allow_empty=False, owner="HPUNetConfig"):
   try:
     value = tuple(int(v) for v in value)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"HPUNetConfig.{name} must be a sequence of ints, got {value!r}") from e
+    raise ValueError(f"{owner}.{name} must be a sequence of ints, got {value!r}") from e
   if not value and not allow_empty:
-    raise ValueError(f"HPUNetConfig.{name} must not be empty")
+    raise ValueError(f"{owner}.{name} must not be empty")
   if any(v <= 0 for v in value):
-    raise ValueError(f"HPUNetConfig.{name} must hold positive sizes, got {value}")
+    raise ValueError(f"{owner}.{name} must hold positive sizes, got {value}")
   return value
+
+
+def _from_dict(cls, values, prefix, allowed):
+  values = dict(values)
+  fields = set(allowed) if allowed is not None else {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - fields)
+  if unknown:
+    raise ValueError(f"unknown field(s) {', '.join(prefix + '.' + k for k in unknown)}; "
+                     f"known: {', '.join(sorted(fields))}")
+  try:
+    return cls(**values)
+  except ValueError as e:
+    raise ValueError(str(e).replace(cls.__name__ + ".", prefix + ".")) from None
+
+
+def _check_execution(config):
+  """The execution fields both configs share."""
+  name = type(config).__name__
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"{name}.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
+                     f"got {config.compute_dtype!r}")
+  if config.gemm_weight_grad_sizes is not None:
+    object.__setattr__(config, "gemm_weight_grad_sizes", _positive_tuple(
+        "gemm_weight_grad_sizes", config.gemm_weight_grad_sizes, allow_empty=True, owner=name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +134,7 @@ class HPUNetConfig:
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"HPUNetConfig.activation must be one of {sorted(ACTIVATIONS)}, "
                        f"got {self.activation!r}")
-    if self.compute_dtype not in COMPUTE_DTYPES:
-      raise ValueError(f"HPUNetConfig.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
-                       f"got {self.compute_dtype!r}")
-    if self.gemm_weight_grad_sizes is not None:
-      set_("gemm_weight_grad_sizes", _positive_tuple(
-          "gemm_weight_grad_sizes", self.gemm_weight_grad_sizes, allow_empty=True))
+    _check_execution(self)
     if self.max_abs_log_sigma is not None and not self.max_abs_log_sigma > 0:
       raise ValueError(f"HPUNetConfig.max_abs_log_sigma must be positive or None, "
                        f"got {self.max_abs_log_sigma!r}")
@@ -142,14 +164,81 @@ class HPUNetConfig:
     Keys outside `allowed` (default: every field) raise a ValueError naming
     `<prefix>.<key>`.
     """
-    values = dict(values)
-    fields = set(allowed) if allowed is not None else {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-      raise ValueError(f"unknown field(s) {', '.join(prefix + '.' + k for k in unknown)}; "
-                       f"known: {', '.join(sorted(fields))}")
-    try:
-      return cls(**values)
-    except ValueError as e:
-      raise ValueError(str(e).replace("HPUNetConfig.", prefix + ".")) from None
+    return _from_dict(cls, values, prefix, allowed)
 
+
+@dataclasses.dataclass(frozen=True)
+class ProbUNetConfig:
+  """Sizes of the Probabilistic U-Net (Kohl et al. 2018) as released.
+
+  The defaults are those of the release's `training/prob_unet_config.py`
+  (SimonKohl/probabilistic_unet), but for `num_classes`: the release's
+  Cityscapes setting has 19 + 5 classes, LIDC (the HPU-Net paper's
+  comparison) 2. docs/model.md describes the network.
+
+  Attributes:
+    latent_dim: size of the one global latent `z`.
+    channels: output channels of the U-Net's blocks, finest first; the prior
+      and posterior encoders have the same. Blocks after the first start with
+      2x2 average pooling.
+    num_classes: segmentation classes.
+    convs_per_block: 3x3 convolutions (each followed by ReLU) per block.
+    num_1x1_convs: f_comb's 1x1 convolutions of `channels[0]` channels (each
+      followed by ReLU) before its 1x1 logits convolution.
+    activation: one of `ACTIVATIONS`.
+    compute_dtype, remat, gemm_weight_grad_sizes: execution settings, as
+      `HPUNetConfig`'s (remat recomputes each block's activations).
+  """
+  latent_dim: int = 6
+  channels: Sequence[int] = (32, 64, 128, 192, 192, 192, 192)
+  num_classes: int = 2
+  convs_per_block: int = 3
+  num_1x1_convs: int = 3
+  activation: str = "relu"
+  compute_dtype: str = "float32"
+  remat: bool = False
+  gemm_weight_grad_sizes: Sequence[int] | None = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "channels",
+                       _positive_tuple("channels", self.channels, owner="ProbUNetConfig"))
+    for name in ("latent_dim", "num_classes", "convs_per_block", "num_1x1_convs"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0 or (
+          value == 0 and name != "num_1x1_convs"):
+        raise ValueError(f"ProbUNetConfig.{name} must be a positive int, got {value!r}")
+      object.__setattr__(self, name, int(value))
+    if self.num_classes < 2:
+      raise ValueError(f"ProbUNetConfig.num_classes must be at least 2, got {self.num_classes}")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"ProbUNetConfig.activation must be one of {sorted(ACTIVATIONS)}, "
+                       f"got {self.activation!r}")
+    _check_execution(self)
+
+  @property
+  def num_levels(self) -> int:
+    return len(self.channels)
+
+  @property
+  def num_scales(self) -> int:
+    """One global latent: one "scale" for the code that loops over scales."""
+    return 1
+
+  @property
+  def latent_dims(self):
+    return (self.latent_dim,)
+
+  @property
+  def size_multiple(self) -> int:
+    """Image height and width must be multiples of this (2x2 pooling per level)."""
+    return 2 ** (self.num_levels - 1)
+
+  def latent_shapes(self, height, width):
+    """`[(1, 1, latent_dim)]`: the global latent as a 1x1 map, as `HPUNetConfig`'s scales."""
+    del height, width
+    return [(1, 1, self.latent_dim)]
+
+  @classmethod
+  def from_dict(cls, values, *, prefix="model", allowed=None):
+    """As `HPUNetConfig.from_dict`."""
+    return _from_dict(cls, values, prefix, allowed)

@@ -23,10 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpunet_jax.model.config import COMPUTE_DTYPES, HPUNetConfig
+from hpunet_jax.model.config import COMPUTE_DTYPES, HPUNetConfig, ProbUNetConfig
 from hpunet_jax.model.cpu_conv import CPU_GEMM_WEIGHT_GRAD_SIZES
 from hpunet_jax.model.init import host_init
-from hpunet_jax.model.layers import Conv, Gaussian, downsample, kl_divergence, res_stack, upsample
+from hpunet_jax.model.layers import (Conv, Gaussian, downsample, in_compute_dtype, kl_divergence,
+                                     res_stack, upsample)
 
 
 class CoreOutput(NamedTuple):
@@ -118,20 +119,7 @@ class HPUNet(hk.Module):
 
   def __call__(self, method, *args):
     """Runs `method` with parameters kept in float32 and used in the compute dtype."""
-    dtype = COMPUTE_DTYPES[self._config.compute_dtype]
-    if dtype == jnp.float32:
-      return method(*args)
-
-    def create_float32(next_creator, shape, _, init, context):
-      del context
-      return next_creator(shape, jnp.float32, init)
-
-    def get_in_compute_dtype(next_getter, value, context):
-      del context
-      return next_getter(value.astype(dtype))
-
-    with hk.custom_creator(create_float32), hk.custom_getter(get_in_compute_dtype):
-      return method(*args)
+    return in_compute_dtype(COMPUTE_DTYPES[self._config.compute_dtype], method, *args)
 
   def sample(self, images, mean, latents=None):
     return self(self._sample, images, mean, latents)
@@ -172,17 +160,23 @@ def normalise_mean(mean, num_scales):
 
 
 class Model(NamedTuple):
-  """Pure functions of an HPU-Net; see `make_model`."""
-  config: HPUNetConfig
+  """Pure functions of a model (the HPU-Net or the Prob. U-Net); see `make_model`."""
+  config: Any                  # HPUNetConfig or ProbUNetConfig
   init: Callable[..., Any]
   sample: Callable[..., jax.Array]
   reconstruct: Callable[..., jax.Array]
   forward: Callable[..., dict]
   check_inputs: Callable[..., None]
+  # (params, weight) -> the release's L2 penalty of this model: each release
+  # regularises different parameters (`l2_penalty`, `prob_unet.l2_penalty`).
+  l2_penalty: Callable[..., jax.Array]
 
 
 def make_model(config: HPUNetConfig | None = None) -> Model:
   """Builds the pure functions of an HPU-Net (one `Model` per distinct config).
+
+  A `ProbUNetConfig` builds the Prob. U-Net instead (`prob_unet.make_prob_unet`),
+  behind the same functions.
 
   Returns a `Model` with:
     init(rng, images, segmentations) -> params
@@ -203,8 +197,12 @@ def make_model(config: HPUNetConfig | None = None) -> Model:
         `logits`, per-scale `prior`/`posterior` Gaussians and per-scale `kl`.
   `images` are float32 `[B, H, W, C]`, `segmentations` one-hot float32
   `[B, H, W, num_classes]`; H and W must be multiples of
-  `config.size_multiple`.
+  `config.size_multiple`. `l2_penalty(params, weight)` is the release's
+  regulariser (see `l2_penalty`).
   """
+  if isinstance(config, ProbUNetConfig):
+    from hpunet_jax.model import prob_unet  # pylint: disable=g-import-not-at-top
+    return prob_unet.make_prob_unet(config)
   config = config or HPUNetConfig()
   if config.gemm_weight_grad_sizes is None:
     on_cpu = jax.default_backend() == "cpu"
@@ -294,7 +292,7 @@ def _make_model(config: HPUNetConfig) -> Model:
   def reconstruct(params, rng, images, segmentations, *, mean=False):
     return forward(params, rng, images, segmentations, mean=mean)["logits"]
 
-  return Model(config, init, sample, reconstruct, forward, check_inputs)
+  return Model(config, init, sample, reconstruct, forward, check_inputs, l2_penalty)
 
 
 def l2_penalty(params, scale=1e-5) -> jax.Array:

@@ -46,15 +46,16 @@ class Conv(hk.Module):
     switch (`HPUNetConfig.gemm_weight_grad_sizes`).
   """
 
-  def __init__(self, channels, kernel, name=None, *, gemm_weight_grad=False):
+  def __init__(self, channels, kernel, name=None, *, gemm_weight_grad=False, w_init=W_INIT):
     super().__init__(name=name)
     self._channels = channels
     self._kernel = kernel
     self._gemm_weight_grad = gemm_weight_grad
+    self._w_init = w_init
 
   def __call__(self, x):
     k = self._kernel
-    w = hk.get_parameter("w", (k, k, x.shape[-1], self._channels), x.dtype, init=W_INIT)
+    w = hk.get_parameter("w", (k, k, x.shape[-1], self._channels), x.dtype, init=self._w_init)
     b = hk.get_parameter("b", (self._channels,), x.dtype, init=B_INIT)
     if k == 1:
       out = jnp.matmul(x, w[0, 0])
@@ -100,6 +101,23 @@ def res_stack(x, config, level, name):
                      name=f"{name}_block_{b}")
     x = hk.remat(block)(x) if config.remat else block(x)
   return x
+
+
+def in_compute_dtype(dtype, method, *args):
+  """Runs `method` with parameters created in float32 and used in `dtype`."""
+  if dtype == jnp.float32:
+    return method(*args)
+
+  def create_float32(next_creator, shape, _, init, context):
+    del context
+    return next_creator(shape, jnp.float32, init)
+
+  def get_in_compute_dtype(next_getter, value, context):
+    del context
+    return next_getter(value.astype(dtype))
+
+  with hk.custom_creator(create_float32), hk.custom_getter(get_in_compute_dtype):
+    return method(*args)
 
 
 def downsample(x):
