@@ -17,9 +17,19 @@ from etils import epath
 import ml_collections
 
 from hpunet_jax.data import config as data_config_lib
-from hpunet_jax.model import EXECUTION_FIELDS, HPUNetConfig
+from hpunet_jax.model import EXECUTION_FIELDS, HPUNetConfig, ProbUNetConfig
 
 HPUNET_FIELDS = tuple(f.name for f in dataclasses.fields(HPUNetConfig))
+# `model.name` chooses the network: the HPU-Net (its fields sit in `model`)
+# or the Prob. U-Net of Kohl et al. 2018 (its own fields in `model.prob_unet`;
+# `model.num_classes` serves both). Runs saved before the field existed are
+# HPU-Nets.
+MODEL_NAMES = ("hpunet", "prob_unet")
+PROB_UNET_GROUP = "prob_unet"
+# ProbUNetConfig fields of the `model.prob_unet` group: all but the execution
+# settings and `num_classes`, which the `execution` group and `model` hold.
+PROB_UNET_FIELDS = tuple(f.name for f in dataclasses.fields(ProbUNetConfig)
+                         if f.name not in EXECUTION_FIELDS and f.name != "num_classes")
 
 LOSS_TYPES = ("geco", "elbo")
 # The presets of hpunet_jax/evaluation/protocols.py (a layer above: named here
@@ -57,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
       # against the HPU-Net appendix (see configs/lidc.py).
       boundaries=(60_000, 120_000, 180_000, 210_000),
       decay_factor=0.5,
+      # One factor per boundary instead of `decay_factor` at each (e.g. the
+      # Prob. U-Net release's 1e-4, 0.5e-4, 1e-5: factors 0.5, 0.2); None: off.
+      decay_factors=ml_collections.config_dict.placeholder(tuple),
       # Clipping by global norm is off by default; a value such as 1.0 is the
       # usual fix when training is unstable.
       clip_global_norm=ml_collections.config_dict.placeholder(float),
@@ -97,13 +110,20 @@ _NONE_DEFAULT_TYPES = {"down_channels_per_block": tuple, "max_abs_log_sigma": fl
 
 
 def model_groups():
-  """The `model` and `execution` groups' fields, with `HPUNetConfig`'s defaults (their one source)."""
-  groups = ({}, {})
+  """The `model` and `execution` groups' fields, with the typed configs' defaults (their one source).
+
+  `model` holds `name`, `HPUNetConfig`'s fields and the `prob_unet`
+  sub-group with `ProbUNetConfig`'s (`PROB_UNET_FIELDS`).
+  """
+  groups = ({"name": "hpunet"}, {})
   for field in dataclasses.fields(HPUNetConfig):
     value = field.default
     if value is None:
       value = ml_collections.config_dict.placeholder(_NONE_DEFAULT_TYPES[field.name])
     groups[field.name in EXECUTION_FIELDS][field.name] = value
+  prob_unet = {f.name: f.default for f in dataclasses.fields(ProbUNetConfig)
+               if f.name in PROB_UNET_FIELDS}
+  groups[0][PROB_UNET_GROUP] = ml_collections.ConfigDict(prob_unet)
   return groups
 
 
@@ -118,10 +138,26 @@ def get_config(arg=None):
   return base_config()
 
 
-def model_config(config) -> HPUNetConfig:
-  """The typed model config from the `model` and `execution` groups (errors name the field)."""
-  model = HPUNetConfig.from_dict(config.model.to_dict(), prefix="model",
-                                 allowed=set(HPUNET_FIELDS) - set(EXECUTION_FIELDS))
+def model_config(config) -> HPUNetConfig | ProbUNetConfig:
+  """The typed model config from the `model` and `execution` groups (errors name the field).
+
+  `model.name` chooses `HPUNetConfig` (from `model`'s own fields) or
+  `ProbUNetConfig` (from `model.prob_unet` and `model.num_classes`).
+  """
+  fields = config.model.to_dict()
+  name = fields.pop("name", "hpunet")
+  prob_unet = fields.pop(PROB_UNET_GROUP, {})
+  if name not in MODEL_NAMES:
+    raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {name!r}")
+  if name == "prob_unet":
+    prob_unet = dict(prob_unet, num_classes=fields.get("num_classes", 2))
+    model = ProbUNetConfig.from_dict(prob_unet, prefix=f"model.{PROB_UNET_GROUP}",
+                                     allowed=set(PROB_UNET_FIELDS) | {"num_classes"})
+    owner = "ProbUNetConfig."
+  else:
+    model = HPUNetConfig.from_dict(fields, prefix="model",
+                                   allowed=set(HPUNET_FIELDS) - set(EXECUTION_FIELDS))
+    owner = "HPUNetConfig."
   execution = config.get("execution")
   if execution is None:
     return model
@@ -130,7 +166,7 @@ def model_config(config) -> HPUNetConfig:
   except TypeError as e:
     raise ValueError(f"execution: {e}; known: {', '.join(EXECUTION_FIELDS)}") from None
   except ValueError as e:
-    raise ValueError(str(e).replace("HPUNetConfig.", "execution.")) from None
+    raise ValueError(str(e).replace(owner, "execution.")) from None
 
 
 def _require(ok, message):
@@ -139,7 +175,7 @@ def _require(ok, message):
 
 
 def validate(config, *, num_devices=None):
-  """Checks the config before anything compiles; returns the `HPUNetConfig`.
+  """Checks the config before anything compiles; returns the typed model config.
 
   Raises:
     ValueError naming the field (e.g. `train.batch_size`).
@@ -167,6 +203,11 @@ def validate(config, *, num_devices=None):
            all(b > 0 for b in optim.boundaries),
            f"optim.boundaries must be increasing positive steps, got {optim.boundaries}")
   _require(optim.decay_factor > 0, f"optim.decay_factor must be > 0, got {optim.decay_factor}")
+  factors = optim.get("decay_factors")
+  if factors is not None:
+    _require(len(factors) == len(optim.boundaries) and all(f > 0 for f in factors),
+             f"optim.decay_factors must hold one positive factor per boundary "
+             f"({len(optim.boundaries)}), got {factors}")
   if optim.clip_global_norm is not None:
     _require(optim.clip_global_norm > 0,
              f"optim.clip_global_norm must be > 0 or None, got {optim.clip_global_norm}")
@@ -186,9 +227,11 @@ def validate(config, *, num_devices=None):
   size = data.crop_size if data.crop_size is not None else data.get("image_size")
   if isinstance(size, int) and size > 0 and size % model.size_multiple:
     field = "data.crop_size" if data.crop_size is not None else "data.image_size"
+    channels = ("model.prob_unet.channels" if isinstance(model, ProbUNetConfig)
+                else "model.channels_per_block")
     raise ValueError(
         f"{field}={size} cannot be taken by the model: it needs a multiple of "
-        f"2**(len(model.channels_per_block) - 1) = {model.size_multiple} "
+        f"2**(len({channels}) - 1) = {model.size_multiple} "
         f"(e.g. {model.size_multiple}, {2 * model.size_multiple}, {4 * model.size_multiple})")
   data_config_lib.validate_config(data)
 

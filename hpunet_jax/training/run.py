@@ -33,7 +33,9 @@ def check_config_matches(workdir, config):
   path = epath.Path(workdir) / config_lib.RUN_CONFIG_FILE
   if not path.exists():
     return
-  previous = json.loads(path.read_text())
+  # Read back as the tools read it, so that fields the run's file predates
+  # (e.g. `model.name`) hold their defaults: an old run is an HPU-Net.
+  previous = json.loads(config_lib.load_run_config(workdir).to_json_best_effort())
   current = json.loads(config.to_json_best_effort())
   for group in ("model", "loss"):
     for key, value in current.get(group, {}).items():

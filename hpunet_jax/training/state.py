@@ -26,7 +26,7 @@ import optax
 from hpunet_jax import config_lib, objective
 from hpunet_jax.infra import parallel
 from hpunet_jax.data import augment
-from hpunet_jax.model import l2_penalty, make_model
+from hpunet_jax.model import make_model
 
 
 class TrainState(NamedTuple):
@@ -43,8 +43,11 @@ def make_schedule(optim_config):
   if optim_config.schedule == "constant":
     return optax.constant_schedule(lr)
   if optim_config.schedule == "piecewise":
+    factors = optim_config.get("decay_factors")
+    if factors is None:
+      factors = (optim_config.decay_factor,) * len(optim_config.boundaries)
     return optax.piecewise_constant_schedule(
-        lr, {int(b): optim_config.decay_factor for b in optim_config.boundaries})
+        lr, {int(b): float(f) for b, f in zip(optim_config.boundaries, factors)})
   raise ValueError(f"optim.schedule must be one of {config_lib.SCHEDULES}, "
                    f"got {optim_config.schedule!r}")
 
@@ -112,7 +115,9 @@ def make_loss_fn(config, model=None):
     loss, (geco_state, metrics) = objective.objective(
         outputs, batch["segmentation"], loss_config=loss_config, geco_state=geco_state,
         lagrange_raw=params.get("lagrange_raw"), rng=top_k_rng, mask=batch.get("mask"))
-    l2 = l2_penalty(params["net"], loss_config.l2_weight)
+    # Each model's own release rule (the HPU-Net's every weight and bias, the
+    # Prob. U-Net's weights only, halved).
+    l2 = model.l2_penalty(params["net"], loss_config.l2_weight)
     metrics["l2"] = l2
     return loss + l2, (geco_state, metrics)
 
