@@ -1,12 +1,13 @@
-"""The Prob. U-Net-like baseline of `configs/prob_unet.py` on `synthetic_objects`.
+"""The one-scale HPU-Net ablation of `configs/hpunet_one_scale.py` on `synthetic_objects`.
 
-    python -m experiments.train --config=configs/prob_unet_objects.py --workdir=runs/prob_unet_objects
-    python -m experiments.evaluate --workdir=runs/prob_unet_objects --config.eval.split=test
+    python -m experiments.train --config=configs/hpunet_one_scale_objects.py --workdir=runs/hpunet_one_scale_objects
+    python -m experiments.evaluate --workdir=runs/hpunet_one_scale_objects --config.eval.split=test
 
 `configs/synthetic_objects.py` with a single 6-dimensional latent at the
 coarsest level (1x1) and the ELBO (beta = 1) instead of GECO; same data,
 network, optimiser and steps, so the comparison isolates the latent
-hierarchy and the objective.
+hierarchy and the objective. Not the Prob. U-Net of Kohl et al. 2018; until
+issue 22 this was `configs/prob_unet_objects.py`.
 
 Runtime: 6.4 CPU-minutes (18 min wall on the shared 2-core development VM,
 2026-11-29). Expected

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from configs import prob_unet_objects, synthetic_objects
+from configs import hpunet_one_scale_objects, synthetic_objects
 from hpunet_jax import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +23,7 @@ def _run(module, *args):
 
 
 def test_configs_are_valid_and_differ_only_where_documented():
-  hpu, prob = synthetic_objects.get_config(), prob_unet_objects.get_config()
+  hpu, prob = synthetic_objects.get_config(), hpunet_one_scale_objects.get_config()
   config_lib.validate(hpu)
   config_lib.validate(prob)
   assert hpu.data.name == prob.data.name == "synthetic_objects"
@@ -37,7 +37,7 @@ def test_configs_are_valid_and_differ_only_where_documented():
 
 
 @pytest.mark.parametrize("config", ["configs/synthetic_objects.py:tiny",
-                                    "configs/prob_unet_objects.py:tiny"])
+                                    "configs/hpunet_one_scale_objects.py:tiny"])
 def test_tiny_config_trains_and_evaluates_per_object(config, tmp_path):
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
   train = _run("experiments.train", f"--config={config}", f"--workdir={workdir}",
