@@ -1,0 +1,265 @@
+"""The Prob. U-Net (`hpunet_jax.model.prob_unet`): API, parity with the release's TF code, training.
+
+The fixture `tests/fixtures/prob_unet_release_small/` was written once by the
+release's unmodified `model/probabilistic_unet.py` (SimonKohl/probabilistic_unet)
+under TensorFlow 2.21 (`tf.compat.v1`) and Sonnet 1.36, NCHW as released,
+built as `training/train_prob_unet.py` builds it, for a small config
+(channels (4, 6, 8), 2 convs per block, latent 2, 3 classes, two 1x1 convs,
+2-channel 8x12 images) with every variable filled with random values. How to
+regenerate it: `tests/fixtures/make_prob_unet_fixture.py`.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import prob_unet as prob_unet_configs
+from hpunet_jax import config_lib
+from hpunet_jax.model import HPUNetConfig, ProbUNetConfig, count_params, make_model
+from hpunet_jax.model import prob_unet
+from hpunet_jax.release import prob_unet_names, tf_checkpoint
+from hpunet_jax.training import state as train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "prob_unet_release_small")
+FIXTURE_CONFIG = ProbUNetConfig(latent_dim=2, channels=(4, 6, 8), num_classes=3,
+                                num_1x1_convs=2, convs_per_block=2)
+# The release's network at its defaults (training/prob_unet_config.py) for LIDC
+# (1 image channel, 2 classes): the number of values in the variables the
+# release's TF code creates, counted by make_prob_unet_fixture.py (its
+# config.json, `default_param_counts`).
+RELEASE_LIDC_PARAMS = 17_945_946
+RELEASE_CITYSCAPES_PARAMS = 17_954_736   # 3 channels, 19 + 5 classes
+
+SMALL = ProbUNetConfig(latent_dim=3, channels=(4, 8, 8), num_classes=2, num_1x1_convs=2,
+                       convs_per_block=2)
+
+
+@pytest.fixture(scope="module")
+def fixture():
+  with np.load(os.path.join(FIXTURE, "expected.npz")) as data:
+    expected = dict(data)
+  with open(os.path.join(FIXTURE, "config.json")) as f:
+    meta = json.load(f)
+  tensors = tf_checkpoint.read(os.path.join(FIXTURE, "tf_graph_data.ckpt"))
+  params = prob_unet_names.convert(tensors, FIXTURE_CONFIG, image_channels=meta["image_channels"])
+  return expected, meta, params
+
+
+def _inputs(config, batch=2, size=8, channels=1, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(size=(batch, size, size, channels)).astype(np.float32)
+  labels = rng.integers(0, config.num_classes, (batch, size, size))
+  return images, np.eye(config.num_classes, dtype=np.float32)[labels]
+
+
+def test_fixture_config_is_the_one_tested(fixture):
+  _, meta, _ = fixture
+  assert (meta["latent_dim"], tuple(meta["num_channels"]), meta["num_classes"],
+          meta["num_1x1_convs"], meta["num_convs_per_block"]) == (
+              FIXTURE_CONFIG.latent_dim, FIXTURE_CONFIG.channels, FIXTURE_CONFIG.num_classes,
+              FIXTURE_CONFIG.num_1x1_convs, FIXTURE_CONFIG.convs_per_block)
+  assert meta["default_param_counts"] == {"lidc_1_channel_2_classes": RELEASE_LIDC_PARAMS,
+                                          "cityscapes_3_channels_24_classes":
+                                              RELEASE_CITYSCAPES_PARAMS}
+
+
+def test_every_release_variable_maps_and_the_counts_agree(fixture):
+  _, meta, params = fixture
+  mapping = prob_unet_names.name_map(FIXTURE_CONFIG)
+  assert sorted(mapping) == sorted(meta["variables"])
+  size = FIXTURE_CONFIG.size_multiple
+  abstract = jax.eval_shape(make_model(FIXTURE_CONFIG).init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, size, size, 2), jnp.float32),
+                            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  assert count_params(abstract) == count_params(params)
+
+
+def test_logits_match_the_release_graph(fixture):
+  expected, _, params = fixture
+  model = make_model(FIXTURE_CONFIG)
+  image, segmentation = expected["image"], expected["segmentation"]
+  tol = dict(rtol=1e-5, atol=1e-5 * np.abs(expected["fixed_z_logits"]).max())
+  # Posterior mean through f_comb (`reconstruct(use_posterior_mean=True)`).
+  out = model.forward(params, jax.random.key(0), image, segmentation, mean=True)
+  np.testing.assert_allclose(out["logits"], expected["reconstruction_mean_logits"], **tol)
+  np.testing.assert_allclose(out["posterior"][0].mu[:, 0, 0], expected["posterior_loc"],
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jnp.exp(out["posterior"][0].log_sigma[:, 0, 0]),
+                             expected["posterior_scale_diag"], rtol=1e-5)
+  np.testing.assert_allclose(out["prior"][0].mu[:, 0, 0], expected["prior_loc"],
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jnp.exp(out["prior"][0].log_sigma[:, 0, 0]),
+                             expected["prior_scale_diag"], rtol=1e-5)
+  # The release's analytic KL is averaged over the batch in `elbo`.
+  np.testing.assert_allclose(jnp.mean(out["kl"][0]), expected["kl"], rtol=1e-5)
+  # A prior sample with its draw fixed: f_comb at a given z; and at the prior's mean.
+  z = expected["latent"][:, None, None, :]
+  samples = model.sample(params, jax.random.key(1), image, num_samples=2, latents=[z])
+  for sample in samples:
+    np.testing.assert_allclose(sample, expected["fixed_z_logits"], **tol)
+  prior_mean = model.sample(params, jax.random.key(1), image, mean=True)[0]
+  np.testing.assert_allclose(prior_mean, expected["prior_mean_logits"], **tol)
+
+
+def test_l2_penalty_is_the_training_scripts(fixture):
+  expected, _, params = fixture
+  # sum(REGULARIZATION_LOSSES) of the release's graph: tf.nn.l2_loss of every
+  # weight but f_comb's logits conv, no bias.
+  np.testing.assert_allclose(prob_unet.l2_penalty(params, 1.0), expected["reg_loss"], rtol=1e-5)
+  weights = {m: {"w": jnp.ones((2, 2)), "b": jnp.ones((3,))}
+             for m in ("prob_unet/~/f_comb/conv_0", "prob_unet/~/f_comb/logits")}
+  np.testing.assert_allclose(make_model(SMALL).l2_penalty(weights, 1e-5), 1e-5 * 4 / 2)
+
+
+def test_parameter_count_of_the_release_defaults():
+  model = make_model(ProbUNetConfig())
+  count = lambda channels, classes: count_params(jax.eval_shape(
+      model.init if classes == 2 else make_model(ProbUNetConfig(num_classes=classes)).init,
+      jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, channels), jnp.float32),
+      jax.ShapeDtypeStruct((1, 64, 64, classes), jnp.float32)))
+  assert count(1, 2) == RELEASE_LIDC_PARAMS
+  assert count(3, 24) == RELEASE_CITYSCAPES_PARAMS
+  lidc = config_lib.validate(prob_unet_configs.get_config("lidc"))
+  assert lidc == ProbUNetConfig()
+
+
+def test_api_shapes_and_determinism():
+  model = make_model(SMALL)
+  images, segs = _inputs(SMALL)
+  params = model.init(jax.random.key(0), images, segs)
+  again = model.init(jax.random.key(0), images, segs)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, again))
+  assert model.config.num_scales == 1 and model.config.latent_shapes(8, 8) == [(1, 1, 3)]
+  assert model.config.size_multiple == 4
+
+  samples = model.sample(params, jax.random.key(1), images, num_samples=5)
+  assert samples.shape == (5, 2, 8, 8, 2)
+  np.testing.assert_array_equal(samples, model.sample(params, jax.random.key(1), images,
+                                                      num_samples=5))
+  assert float(jnp.std(samples, axis=0).max()) > 0            # the samples differ
+  means = model.sample(params, jax.random.key(1), images, num_samples=3, mean=(True,))
+  np.testing.assert_array_equal(means[0], means[2])
+
+  out = model.forward(params, jax.random.key(2), images, segs)
+  assert out["logits"].shape == (2, 8, 8, 2)
+  assert [g.mu.shape for g in out["prior"] + out["posterior"]] == [(2, 1, 1, 3)] * 2
+  assert out["posterior_latents"][0].shape == (2, 1, 1, 3) and out["kl"][0].shape == (2,)
+  np.testing.assert_array_equal(
+      model.reconstruct(params, jax.random.key(2), images, segs), out["logits"])
+  # The posterior's latent through `latents=` gives the reconstruction.
+  again = model.sample(params, jax.random.key(3), images, latents=out["posterior_latents"])
+  np.testing.assert_allclose(again[0], out["logits"], rtol=1e-5, atol=1e-6)
+
+  with pytest.raises(ValueError, match="multiple of"):
+    model.check_inputs(jnp.zeros((1, 6, 8, 1)))
+  with pytest.raises(ValueError, match="latents"):
+    model.sample(params, jax.random.key(1), images, latents=[jnp.zeros((2, 2, 2, 3))])
+  with pytest.raises(ValueError, match="ProbUNetConfig.channels"):
+    ProbUNetConfig(channels=())
+  # The HPU-Net is still what an HPUNetConfig builds.
+  assert type(make_model(HPUNetConfig(channels_per_block=(4, 8), latent_dims=(1,))).config) \
+      is HPUNetConfig
+
+
+def test_sampling_runs_the_unet_and_prior_once():
+  """Every 3x3 convolution of the sampling graph (U-Net and prior) sees the batch, not the samples."""
+  model = make_model(SMALL)
+  images, segs = _inputs(SMALL)
+  params = model.init(jax.random.key(0), images, segs)
+
+  def convs(num_samples):
+    jaxpr = jax.make_jaxpr(lambda p, x: model.sample(p, jax.random.key(0), x,
+                                                     num_samples=num_samples))(params, images)
+    found = []
+
+    def walk(jaxpr):
+      for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+          found.append(eqn.invars[0].aval.shape)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+          walk(sub)
+
+    walk(jaxpr.jaxpr)
+    return found
+
+  levels, per_block = len(SMALL.channels), SMALL.convs_per_block
+  expected = per_block * (levels + (levels - 1) + levels)   # U-Net encoder, decoder, prior
+  for num_samples in (1, 7):
+    shapes = convs(num_samples)
+    assert len(shapes) == expected
+    assert all(shape[0] == images.shape[0] for shape in shapes)   # unbatched over samples
+
+
+def test_one_elbo_train_step(tmp_path):
+  config = prob_unet_configs.get_config("tiny")
+  config.data.crop_size = None
+  config.train.batch_size = 2
+  model_cfg = config_lib.validate(config)
+  assert isinstance(model_cfg, ProbUNetConfig) and config.loss.type == "elbo"
+  images, segs = _inputs(model_cfg, batch=2, size=16)
+  batch = {"image": images, "segmentation": segs}
+  state = train_lib.create_train_state(config, 0, batch)
+  assert "lagrange_raw" not in state.params
+  before = jax.tree.map(np.asarray, state.params["net"])   # the step donates the state
+  step = train_lib.make_train_step(config)
+  new_state, metrics = step(state, batch)
+  assert int(new_state.step) == 1
+  assert np.isfinite(float(metrics["loss"]))
+  np.testing.assert_allclose(metrics["l2"], prob_unet.l2_penalty(before, 1e-5), rtol=1e-5)
+  changed = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), before,
+                         new_state.params["net"])
+  assert all(jax.tree.leaves(changed))
+
+
+def test_run_configs_choose_the_model():
+  old = config_lib.config_from_json({"model": {"latent_dims": [1], "num_classes": 2}})
+  assert isinstance(config_lib.model_config(old), HPUNetConfig)
+  config = prob_unet_configs.get_config()
+  assert isinstance(config_lib.validate(config), ProbUNetConfig)
+  saved = json.loads(json.dumps(config.to_dict(), default=list))
+  assert config_lib.model_config(config_lib.config_from_json(saved)) == \
+      config_lib.model_config(config)
+  config.model.name = "unet"
+  with pytest.raises(ValueError, match="model.name"):
+    config_lib.validate(config)
+  config = prob_unet_configs.get_config()
+  config.model.prob_unet.latent_dim = 0
+  with pytest.raises(ValueError, match="model.prob_unet.latent_dim"):
+    config_lib.validate(config)
+  with pytest.raises(ValueError, match="unknown argument"):
+    prob_unet_configs.get_config("huge")
+
+
+def _run(module, *args, timeout=900):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+  return proc
+
+
+def test_tiny_config_trains_evaluates_and_samples_through_the_clis(tmp_path):
+  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+  _run("experiments.train", "--config=configs/prob_unet.py:tiny", f"--workdir={workdir}",
+       f"--config.data.data_dir={data_dir}")
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["name"] == "prob_unet"
+  _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+       "--config.eval.num_samples=8", "--config.eval.num_examples=2")
+  with open(os.path.join(workdir, "evaluation.json")) as f:
+    results = json.load(f)
+  assert results["num_images"] == 2 and np.isfinite(results["ged_16"] if "ged_16" in results
+                                                    else results["exact_ged"])
+  out = str(tmp_path / "s" / "samples.png")
+  _run("experiments.sample", f"--workdir={workdir}", f"--output={out}", "--num_samples=4",
+       "--indices=0,1", "--config.eval.split=test")
+  with np.load(str(tmp_path / "s" / "samples.npz")) as arrays:
+    assert arrays["samples"].shape == (4, 2, 32, 32)
