@@ -8,6 +8,7 @@ built as `training/train_prob_unet.py` builds it, for a small config
 2-channel 8x12 images) with every variable filled with random values. How to
 regenerate it: `tests/fixtures/make_prob_unet_fixture.py`.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -166,6 +167,20 @@ def test_api_shapes_and_determinism():
   # The HPU-Net is still what an HPUNetConfig builds.
   assert type(make_model(HPUNetConfig(channels_per_block=(4, 8), latent_dims=(1,))).config) \
       is HPUNetConfig
+
+
+def test_execution_settings_change_no_parameter():
+  model = make_model(SMALL)
+  images, segs = _inputs(SMALL)
+  params = model.init(jax.random.key(0), images, segs)
+  reference = model.forward(params, jax.random.key(1), images, segs, mean=True)["logits"]
+  for execution in (dict(remat=True), dict(compute_dtype="bfloat16")):
+    other = make_model(dataclasses.replace(SMALL, **execution))
+    logits = other.forward(params, jax.random.key(1), images, segs, mean=True)["logits"]
+    assert logits.dtype == jnp.float32
+    scale = float(jnp.abs(reference).max())
+    tol = 1e-6 if "remat" in execution else 0.05
+    np.testing.assert_allclose(logits, reference, atol=tol * scale + 1e-6)
 
 
 def test_sampling_runs_the_unet_and_prior_once():

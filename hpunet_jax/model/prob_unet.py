@@ -24,6 +24,7 @@ weights, truncated-normal biases (std 0.001). docs/model.md.
 `make_prob_unet(config)` returns the same `Model` as the HPU-Net's
 `make_model`, with the one latent as a single "scale" of shape `[B, 1, 1, d]`.
 """
+import dataclasses
 import functools
 
 import haiku as hk
@@ -33,6 +34,8 @@ import numpy as np
 
 from hpunet_jax.model.config import ACTIVATIONS, COMPUTE_DTYPES, ProbUNetConfig
 from hpunet_jax.model.cpu_conv import CPU_GEMM_WEIGHT_GRAD_SIZES
+# hpunet.make_model imports this module lazily, so this import makes no cycle.
+from hpunet_jax.model.hpunet import Model, normalise_mean
 from hpunet_jax.model.init import he_normal, host_init
 from hpunet_jax.model.layers import Conv, Gaussian, downsample, in_compute_dtype, kl_divergence
 
@@ -232,7 +235,6 @@ def make_prob_unet(config: ProbUNetConfig):
   `num_scales = 1` and latents `[B, 1, 1, latent_dim]`. `sample` runs the
   U-Net and the prior once and f_comb once per sample.
   """
-  import dataclasses  # pylint: disable=g-import-not-at-top
   if config.gemm_weight_grad_sizes is None:
     on_cpu = jax.default_backend() == "cpu"
     config = dataclasses.replace(
@@ -242,8 +244,6 @@ def make_prob_unet(config: ProbUNetConfig):
 
 @functools.lru_cache(maxsize=32)
 def _make_prob_unet(config: ProbUNetConfig):
-  from hpunet_jax.model.hpunet import Model, normalise_mean  # pylint: disable=g-import-not-at-top
-
   def _fns():
     net = ProbUNet(config)
 
