@@ -278,3 +278,13 @@ def test_tiny_config_trains_evaluates_and_samples_through_the_clis(tmp_path):
        "--indices=0,1", "--config.eval.split=test")
   with np.load(str(tmp_path / "s" / "samples.npz")) as arrays:
     assert arrays["samples"].shape == (4, 2, 32, 32)
+
+
+def test_resuming_an_old_hpunet_run_keeps_it_an_hpunet(tmp_path):
+  from hpunet_jax.training import run  # pylint: disable=g-import-not-at-top
+  old = json.loads(config_lib.base_config().to_json_best_effort())
+  del old["model"]["name"], old["model"]["prob_unet"]   # a config.json from before the field
+  (tmp_path / config_lib.RUN_CONFIG_FILE).write_text(json.dumps(old))
+  run.check_config_matches(str(tmp_path), config_lib.base_config())
+  with pytest.raises(run.RunMismatchError, match="model.name='prob_unet'"):
+    run.check_config_matches(str(tmp_path), prob_unet_configs.get_config("lidc"))
