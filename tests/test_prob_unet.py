@@ -288,3 +288,19 @@ def test_resuming_an_old_hpunet_run_keeps_it_an_hpunet(tmp_path):
   run.check_config_matches(str(tmp_path), config_lib.base_config())
   with pytest.raises(run.RunMismatchError, match="model.name='prob_unet'"):
     run.check_config_matches(str(tmp_path), prob_unet_configs.get_config("lidc"))
+
+
+def test_init_is_the_releases_he_normal():
+  """TF 1.10's he_normal: a normal of std sqrt(2 / fan_in) truncated at 2 std; biases std 0.001."""
+  config = ProbUNetConfig(latent_dim=2, channels=(32, 32), num_classes=2, num_1x1_convs=1,
+                          convs_per_block=2)
+  model = make_model(config)
+  images, segs = _inputs(config, batch=1, size=2)
+  truncated_std = 0.8796   # std of a unit normal truncated at +-2
+  for params in (model.init(jax.random.key(0), images, segs),
+                 jax.jit(model.init)(jax.random.key(0), images, segs)):   # host and Haiku
+    block = params["prob_unet/~/unet/~/encoder/down_block_1/conv_1"]
+    std = np.sqrt(2.0 / (3 * 3 * 32))
+    assert abs(np.std(block["w"]) / (truncated_std * std) - 1) < 0.05
+    assert np.abs(block["w"]).max() <= 2 * std + 1e-6
+    assert np.abs(block["b"]).max() <= 0.002 and np.std(block["b"]) > 0
