@@ -18,10 +18,12 @@ convs) at a quarter of its widths (8..48 channels instead of 32..192; the
 HPU-Net of `configs/synthetic.py` is narrowed likewise, so that 1,500 steps run
 on a CPU). Runtime: 20 CPU-minutes (user + sys), 47 min wall on the shared
 2-core development VM with other jobs beside it (2026-12-02), the final
-validation evaluation included. Validation (first 100 images, 100 samples),
-one run: exact GED 0.064 [0.059, 0.070], normalised 0.14, IoU_rec 0.98,
-match rate 0.48, TVD 0.54, GED100 0.23, HM-IoU16 0.61 (the one-scale HPU-Net
-on test: 0.063, 0.14, 0.99, 0.47, 0.56, 0.22, 0.60).
+validation evaluation included. Expected numbers (`experiments.evaluate
+--config.eval.split=test --config.eval.num_examples=100`, 100 samples, one
+run): exact GED 0.061 [0.056, 0.066], normalised 0.13, IoU_rec 0.98, match
+rate 0.49, TVD 0.53, GED100 0.21, HM-IoU16 0.61, S_NCC 0.80; the HPU-Net of
+`configs/synthetic.py` has exact GED 0.0505 [0.047, 0.054] on the same images
+(README), the one-scale HPU-Net 0.063.
 
 `:tiny`: 32x32 synthetic data, 4 levels of 4-8 channels, a few steps, for
 smoke tests (tests/test_prob_unet.py runs it through the CLIs).
