@@ -23,3 +23,11 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     # declare for Python >= 3.9 (tensorflow/datasets#11212); it is the file
     # that defines the builder.
     return epath.Path(inspect.getfile(cls))
+
+
+def manual_dir(dl_manager):
+  """`dl_manager.manual_dir` as an `epath.Path`, or None where tfds has none to give."""
+  try:
+    return epath.Path(dl_manager.manual_dir)
+  except AssertionError:  # tfds' way of saying "no manual_dir or it is empty".
+    return None

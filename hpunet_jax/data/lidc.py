@@ -366,10 +366,7 @@ class LidcCrops(builders.ArrayRecordBuilder):
 
   def _find_split_dirs(self, dl_manager):
     """Returns {tfds split: folder with images/ and gt/}, from manual_dir or a download."""
-    try:
-      manual_dir = epath.Path(dl_manager.manual_dir)
-    except AssertionError:  # tfds' way of saying "no manual_dir or it is empty".
-      manual_dir = None
+    manual_dir = builders.manual_dir(dl_manager)
     sources = {}
     if manual_dir is not None:
       for split, folder in SPLIT_FOLDERS.items():

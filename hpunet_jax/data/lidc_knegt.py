@@ -526,10 +526,7 @@ class LidcKnegt(builders.ArrayRecordBuilder):
     )
 
   def _manual_dir(self, dl_manager):
-    try:
-      manual_dir = epath.Path(dl_manager.manual_dir)
-    except AssertionError:   # tfds' way of saying "no manual_dir or it is empty".
-      manual_dir = None
+    manual_dir = builders.manual_dir(dl_manager)
     if manual_dir is None or not manual_dir.is_dir():
       raise LidcKnegtDataError(
           f"{manual_dir or 'manual_dir'}: no data for lidc_knegt/{self.builder_config.name}, "
