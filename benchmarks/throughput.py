@@ -17,9 +17,12 @@ Modes:
              on-device augmentation of 180x180 examples to `--size` crops.
   sample16   `make_model(cfg).sample(params, rng, images, num_samples=16)`.
   sample100  the same with 100 samples (the GED100 evaluation's sampling).
-  ged100     sample 100 per image + argmax + GED against 4 fake graders for
-             `--num_images` images in batches of `--batch`; reports the time
-             and the time extrapolated to the 1980 LIDC test images.
+  ged100     the evaluation's device function (100 samples per image drawn in
+             chunks of each `--sample_chunks` value, reconstructions, IoU
+             matrices) and the host's GED against 4 fake graders for
+             `--num_images` images in global batches of `--batch` sharded over
+             all devices; reports images/s, the time extrapolated to the 1980
+             LIDC test images and XLA's planned peak memory per device.
 
 Each timed measurement is repeated `--repeats` times and the best repeat is
 reported (`step_s`, the throughput) next to the median (`step_s_median`): the
@@ -56,7 +59,8 @@ import numpy as np
 from experiments import run_flags
 import hpunet_jax
 from hpunet_jax import config_lib
-from hpunet_jax.evaluation import metrics
+from hpunet_jax.evaluation import driver, metrics
+from hpunet_jax.infra import parallel
 from hpunet_jax.data import augment
 
 from benchmarks import profile_summary
@@ -69,6 +73,10 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_integer("repeats", 3, "Repeats of the timed loop; the best one is reported.")
 flags.DEFINE_list("what", ["train"], "Measurements: train, sample16, sample100, ged100.")
 flags.DEFINE_integer("num_images", 32, "ged100: images to evaluate (LIDC test split: 1980).")
+flags.DEFINE_bool("memory_only", False, "ged100: compile and report XLA's planned memory "
+                  "only, without running (the full model on a CPU).")
+flags.DEFINE_list("sample_chunks", ["10"], "ged100: the eval.sample_chunk values to measure "
+                  "(one line each).")
 flags.DEFINE_string("profile_dir", None, "If set, write a jax.profiler trace of the timed "
                     "training steps there (view with TensorBoard / Perfetto) with the "
                     "optimised HLO, and print the op time by kind (benchmarks.profile_summary).")
@@ -310,34 +318,63 @@ def bench_sample(config, info, num_samples):
                 "samples_per_s", **busy, num_samples=num_samples)
 
 
-def bench_ged(config, info, num_samples=100, num_graders=4, test_images=1980):
-  """Sampling + GED for `--num_images` images, as the GED100 evaluation does it."""
+def bench_ged(config, info, sample_chunk, num_samples=100, num_graders=4, test_images=1980):
+  """GED100 as the evaluation computes it, for `--num_images` images on every device.
+
+  The evaluation's own jitted function (`driver.device_fn`: sampling in
+  chunks of `sample_chunk`, posterior-mean reconstructions, IoU matrices and
+  S_NCC), its images sharded over all devices in global batches of
+  `--batch`, plus the host's GED from the matrices; the device memory XLA
+  plans for one call (`xla_peak_mib`: temporaries, arguments and outputs, per
+  device) against the chunk.
+  """
   model = hpunet_jax.make_model(config_lib.model_config(config))
+  mesh = parallel.make_mesh()
   batch = fake_batch(config, FLAGS.batch, FLAGS.size, FLAGS.seed)
-  images = jnp.asarray(batch["image"])
-  graders = jnp.asarray(np.random.default_rng(FLAGS.seed).random(
-      (FLAGS.batch, num_graders, FLAGS.size, FLAGS.size)) > 0.9)
-  params = model.init(jax.random.key(FLAGS.seed), images[:1], jnp.asarray(batch["segmentation"][:1]))
+  graders = np.random.default_rng(FLAGS.seed).random(
+      (FLAGS.batch, FLAGS.size, FLAGS.size, num_graders)) > 0.9
+  eval_batch = {"image": batch["image"], "masks": graders.astype(np.float32)}
+  params = model.init(jax.random.key(FLAGS.seed), jnp.asarray(batch["image"][:1]),
+                      jnp.asarray(batch["segmentation"][:1]))
+  params = parallel.replicate(params, mesh)
+  rng = parallel.replicate(jax.random.key(FLAGS.seed + 1), mesh)
+  padded = driver.padded_batch_size(FLAGS.batch, mesh.devices.size)
+  fn = driver.device_fn(model, num_samples, sample_chunk, mesh)
+  compiled, stats = compile_stats(fn, params, rng,
+                                  *driver.global_inputs(eval_batch, 0, mesh, padded))
+  try:
+    mem = compiled.memory_analysis()
+    stats["xla_peak_mib"] = round((mem.temp_size_in_bytes + mem.argument_size_in_bytes +
+                                   mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**20, 1)
+  except Exception:  # pylint: disable=broad-except
+    pass
 
-  def ged_fn(p, k, x, y):
-    logits = model.sample(p, k, x, num_samples=num_samples)   # [N, B, H, W, K]
-    samples = jnp.moveaxis(jnp.argmax(logits, -1) == 1, 0, 1)  # [B, N, H, W]
-    return metrics.generalized_energy_distance(samples, y)
+  def run_batch(i):
+    out = driver.batch_outputs(compiled, params, rng, eval_batch, i * FLAGS.batch, mesh, padded)
+    return metrics.ged_from_iou(out["iou_sy"], out["iou_ss"], out["iou_yy"])
 
-  compiled, stats = compile_stats(jax.jit(ged_fn), params, jax.random.key(0), images, graders)
-  jax.block_until_ready(compiled(params, jax.random.key(0), images, graders))  # warm-up
+  if FLAGS.memory_only:
+    line = dict(what="ged100", machine=info["machine"], platform=info["platform"],
+                jax=info["jax"], batch=FLAGS.batch, size=FLAGS.size, **CONFIG_SOURCE,
+                num_devices=mesh.devices.size, images_per_device=padded // mesh.devices.size,
+                sample_chunk=sample_chunk, num_samples=num_samples, **stats)
+    print(json.dumps(line), flush=True)
+    return line
+  run_batch(0)  # warm-up
   num_batches = -(-FLAGS.num_images // FLAGS.batch)
   times = []
   for _ in range(FLAGS.repeats):
     t0 = time.perf_counter()
     for i in range(num_batches):
-      ged = compiled(params, jax.random.key(i), images, graders)
-    np.asarray(ged)
+      ged = run_batch(i)
     times.append(time.perf_counter() - t0)
+  assert np.all(np.isfinite(ged))
   best, median = min(times), statistics.median(times)
   per_image = best / (num_batches * FLAGS.batch)
   return report("ged100", info, stats, best / num_batches, median / num_batches, FLAGS.batch,
                 "images_per_s", num_images=num_batches * FLAGS.batch,
+                num_devices=mesh.devices.size, sample_chunk=sample_chunk,
+                images_per_device=padded // mesh.devices.size,
                 total_s=round(best, 3), est_s_for_1980_images=round(per_image * test_images, 1))
 
 
@@ -353,7 +390,8 @@ def main(argv):
     elif what.startswith("sample") and what[len("sample"):].isdigit():
       bench_sample(config, info, int(what[len("sample"):]))
     elif what == "ged100":
-      bench_ged(config, info)
+      for chunk in FLAGS.sample_chunks:
+        bench_ged(config, info, int(chunk))
     else:
       raise app.UsageError(f"--what: unknown measurement {what!r} "
                            f"(train, sample16, sample100, sampleN, ged100)")

@@ -2,21 +2,25 @@
 
     python -m experiments.evaluate --workdir=runs/synthetic \
         [--config.eval.split=test] [--config.eval.num_samples=100] [--config.eval.num_examples=N] \
-        [--config.eval.protocol=hpunet|phiseg|ssn|car|ccdm|mose|berdiff]
+        [--config.eval.protocol=hpunet|phiseg|ssn|car|ccdm|mose|berdiff] [--distributed]
 
 Uses the run's `config.json` (its `eval` group: split, samples per image,
 number of images, batch size) unless `--config=FILE` is given; any field can
 be overridden with `--config.<group>.<field>=value` (see
 `experiments/run_flags.py`). `eval.protocol` scores the run as a paper's code
 does (`hpunet_jax/evaluation/protocols.py`, docs/literature.md); the papers'
-presets fix the samples per image and take the whole split. Prints progress
-lines while it runs, then one table.
+presets fix the samples per image and take the whole split. Prints the
+devices it runs on, progress lines while it runs, then one table.
+
+The images are sharded over every device of every process (with
+`--distributed` on each process of a multi-host job: experiments/distributed.py);
+process 0 alone prints the table and writes the file.
 """
 from absl import app
 from etils import epath
 import jax
 
-from experiments import run_flags
+from experiments import distributed, run_flags
 from hpunet_jax import config_lib
 from hpunet_jax.evaluation import driver, protocols, report, restore, scales
 from hpunet_jax.infra import logs, writer
@@ -28,12 +32,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logs.quiet_library_logs()
+  distributed.initialize_if_asked()
+  is_main = jax.process_index() == 0
+  say = print if is_main else (lambda *args, **kwargs: None)
   workdir = run_flags.WORKDIR.value
   config = run_flags.config()
   config, model, params, step = restore.restore_params(workdir, config)
   split, num_samples = config.eval.split, protocols.num_samples(config.eval)
   num_examples = protocols.num_examples(config.eval)   # None: the whole split
-  results = driver.run_evaluation(model, params, config, split, print_fn=print)
+  say(f"Evaluating on {distributed.describe_devices()}, {config.eval.batch_size} images per "
+      f"batch, {config.eval.get('sample_chunk', driver.DEFAULT_SAMPLE_CHUNK)} samples per image at once.")
+  results = driver.run_evaluation(model, params, config, split, print_fn=say)
   results.update(step=step, split=split, num_samples=num_samples,
                  protocol=protocols.of_config(config.eval).name)
   # Which latent scale carries which factor of a known distribution:
@@ -50,11 +59,14 @@ def main(argv):
     scale_analysis = None
   if scale_analysis:
     statistics, key = scale_analysis[:2]
-    progress = driver.evaluation_progress(config, split, num_examples, print_fn=print)
+    # On one device per process (each process computes the same statistics).
+    progress = driver.evaluation_progress(config, split, num_examples, print_fn=say)
     results[key] = statistics(
         model, params, driver.eval_batches(config, split, num_examples),
         rng=jax.random.key(config.train.seed + 2), num_samples=num_samples,
         num_examples=num_examples, on_batch=progress.update)
+  if not is_main:
+    return
   path = epath.Path(workdir) / EVALUATION_FILE
   writer.write_json(path, results)
   print(f"{config.data.name} {split}, checkpoint step {step}, "

@@ -15,13 +15,17 @@ the imported release (`experiments.import_release`): the first image of each
 of the first 10 patients of `eval.split`, grader 3 reconstructed from a
 posterior sample, 16 samples per variant (--indices and --num_samples are
 ignored).
+
+With `--distributed` (on every process of a multi-host job:
+experiments/distributed.py) every process restores the run and process 0
+alone draws and writes.
 """
 from absl import app, flags
 from etils import epath
 import jax
 import numpy as np
 
-from experiments import run_flags
+from experiments import distributed, run_flags
 from hpunet_jax import config_lib, release
 from hpunet_jax.evaluation import figures, restore
 from hpunet_jax.infra import logs
@@ -40,6 +44,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logs.quiet_library_logs()
+  distributed.initialize_if_asked()
   try:
     indices = [int(i) for i in _INDICES.value]
   except ValueError:
@@ -50,6 +55,8 @@ def main(argv):
     raise app.UsageError(f"--output must end in .png, got {_OUTPUT.value}")
   config = run_flags.config()
   config, model, params, step = restore.restore_params(run_flags.WORKDIR.value, config)
+  if jax.process_index() != 0:
+    return
   split = config.eval.split
   prefix = _OUTPUT.value[:-len(".png")]
   if _STYLE.value == "colab":

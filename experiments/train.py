@@ -3,18 +3,15 @@
     python -m experiments.train --config=configs/synthetic.py --workdir=runs/synthetic \
         [--config.train.num_steps=5000 ...]
 
-With `--distributed` (every process of a multi-host run), the coordinator, the
-number of processes and this process's id come from `JAX_COORDINATOR_ADDRESS`,
-`JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` where they are set, otherwise from
-jax's cluster detection (TPU pods, SLURM, ...).
+With `--distributed` (every process of a multi-host run; experiments/distributed.py),
+the processes find each other through jax.distributed.
 """
-import os
 import sys
 
 from absl import app, flags
-import jax
 from ml_collections import config_flags
 
+from experiments import distributed
 from hpunet_jax import config_lib
 from hpunet_jax.infra import lease, logs
 from hpunet_jax.training import loop, run
@@ -25,40 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory: checkpoints, metrics, figures. Any path etils.epath "
     "opens: a local folder, or gs://bucket/run (pip install 'hpunet-jax[gcs]').")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first: set it on every process of "
-    "a multi-host run (TPU pod slice, several GPU nodes). Reads JAX_COORDINATOR_ADDRESS, "
-    "JAX_NUM_PROCESSES and JAX_PROCESS_ID where set, else the TPU / SLURM environment.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-_ENV_INTS = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
-
-
-def distributed_arguments(environ=os.environ) -> dict:
-  """The `jax.distributed.initialize` arguments given by the JAX_* variables that are set.
-
-  jax itself reads only JAX_COORDINATOR_ADDRESS; the process count and id
-  otherwise come from cluster detection, which finds nothing on a plain host.
-  """
-  arguments = {}
-  if environ.get("JAX_COORDINATOR_ADDRESS"):
-    arguments["coordinator_address"] = environ["JAX_COORDINATOR_ADDRESS"]
-  for name, variable in _ENV_INTS.items():
-    value = environ.get(variable)
-    if value:
-      try:
-        arguments[name] = int(value)
-      except ValueError:
-        raise app.UsageError(f"{variable}={value!r}: need an integer") from None
-  return arguments
-
-
-def initialize_distributed():
-  # Collectives between the processes' CPU devices (CPU-only hosts, and the
-  # tests' two processes on localhost) go through gloo; it is harmless where
-  # the devices are GPUs or TPUs.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(**distributed_arguments())
 
 
 def main(argv):
@@ -67,8 +31,7 @@ def main(argv):
   logs.quiet_library_logs()
   logs.divert_background_errors(_WORKDIR.value)
   logs.exit_on_storage_failure(_WORKDIR.value)
-  if _DISTRIBUTED.value:
-    initialize_distributed()
+  distributed.initialize_if_asked()
   try:
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (run.RunMismatchError, lease.WorkdirBusyError) as e:

@@ -98,6 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=100,
       batch_size=16,
       num_figure_examples=4,
+      # Samples drawn at once per image: peak memory grows with it, the scores
+      # do not change (docs/evaluation.md).
+      sample_chunk=10,
       # The literature's evaluation protocols: hpunet_jax/evaluation/protocols.py.
       protocol="hpunet",
   ))
@@ -238,6 +241,9 @@ def validate(config, *, num_devices=None):
   ev = config.eval
   _require(ev.num_samples >= 1, f"eval.num_samples must be >= 1, got {ev.num_samples}")
   _require(ev.batch_size >= 1, f"eval.batch_size must be >= 1, got {ev.batch_size}")
+  chunk = ev.get("sample_chunk", 10)
+  _require(isinstance(chunk, int) and chunk >= 1,
+           f"eval.sample_chunk must be a positive integer, got {chunk!r}")
   _require(ev.get("protocol", "hpunet") in EVAL_PROTOCOLS,
            f"eval.protocol={ev.get('protocol')!r}: need one of {EVAL_PROTOCOLS}")
   if ev.num_examples is not None:

@@ -106,3 +106,21 @@ def test_paired_variants_reach_any_group_and_augmentation_feeds_source_sized_exa
         raise AssertionError(f"no error for {bad}")
   finally:
     flags.FLAGS.unparse_flags()
+
+
+def test_ged100_on_eight_devices_reports_memory_that_grows_with_the_chunk():
+  """`--what=ged100 --sample_chunks=...` on 8 host-platform devices: one line per chunk."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  result = subprocess.run(
+      [sys.executable, "-m", "benchmarks.throughput", "--config=configs/synthetic.py:tiny",
+       "--size=32", "--batch=8", "--repeats=1", "--num_images=8", "--what=ged100",
+       "--sample_chunks=2,20"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  small, large = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
+  assert small["num_devices"] == large["num_devices"] == 8
+  assert small["images_per_device"] == 1
+  assert (small["sample_chunk"], large["sample_chunk"]) == (2, 20)
+  assert small["images_per_s"] > 0 and large["images_per_s"] > 0
+  assert small["xla_peak_mib"] < large["xla_peak_mib"]

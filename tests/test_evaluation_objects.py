@@ -16,8 +16,12 @@ EXAMPLES = [synthetic.generate_objects_example(DEFINITION, 0, "test", i) for i i
 
 def _batch(examples):
   stack = lambda key: np.stack([e[key] for e in examples])
+  # The stub's "image": the image, then each object's state masks as channels
+  # [H, W, O * 2], from which it draws (the evaluation samples image by image).
+  states = stack("object_states").astype(np.float32)                # [b, H, W, O, 2]
   return dict(
-      image=stack("image").astype(np.float32) / 255,
+      image=np.concatenate([stack("image").astype(np.float32) / 255,
+                            states.reshape(states.shape[:3] + (-1,))], -1),
       masks=stack("masks").astype(np.float32),
       candidates=np.moveaxis(stack("candidates"), -1, 1).astype(np.float32),
       candidate_probs=stack("candidate_probs"),
@@ -36,7 +40,7 @@ class ObjectStub:
   """Draws each object's state from the truth, independently or all tied to object 0.
 
   With `mean` (one bool per scale), object o takes its most probable state
-  when scale o is at its mean. Its params are the state masks of the batch.
+  when scale o is at its mean. It reads the state masks from the image channels.
   """
 
   config = STUB_CONFIG
@@ -45,10 +49,11 @@ class ObjectStub:
     self.tied = tied
 
   def sample(self, params, rng, images, *, num_samples=1, mean=False):
-    del images
-    states_masks = params["object_states"]                          # [b, O, 2, H, W]
+    del params
     probs = jnp.asarray(DEFINITION.state_probs, jnp.float32)        # [O, 2]
     num_objects = probs.shape[0]
+    states_masks = images[..., 1:].reshape(images.shape[:3] + (num_objects, 2))
+    states_masks = jnp.moveaxis(states_masks, (3, 4), (1, 2))      # [b, O, 2, H, W]
     mean = (mean,) * num_objects if isinstance(mean, bool) else mean
     shape = (num_samples, states_masks.shape[0])
     uniform = jax.random.uniform(rng, shape + (num_objects,))
@@ -65,7 +70,7 @@ class ObjectStub:
     return 5.0 * jnp.stack([segmentations[..., 0], segmentations[..., 1]], -1)
 
 
-PARAMS = {"object_states": jnp.asarray(BATCH["object_states"])}
+PARAMS = {}
 
 
 def test_a_sampler_of_the_truth_scores_its_floors():

@@ -5,9 +5,12 @@ through `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`
 (the variables docs/distributed.md documents), talk through gloo, share one workdir and
 one data_dir, are preempted by a SIGTERM to process 1 only, and resume. Their
 metrics must equal those of one process with the same global batch.
+`experiments.evaluate --distributed` and `experiments.sample --distributed`
+run the same way on a trained workdir.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +19,8 @@ import time
 
 import numpy as np
 
+from hpunet_jax import config_lib
+from hpunet_jax.data import pipeline
 from hpunet_jax.infra import writer as writer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,13 +40,13 @@ def _env(**extra):
   return env
 
 
-def _start(args, num_processes, port):
+def _start(args, num_processes, port, module="experiments.train", config=(TINY,)):
   procs = []
   for process_id in range(num_processes):
     env = _env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
                JAX_PROCESS_ID=str(process_id))
     procs.append(subprocess.Popen(
-        [sys.executable, "-m", "experiments.train", TINY, "--distributed", *args],
+        [sys.executable, "-m", module, *config, "--distributed", *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   return procs
 
@@ -133,3 +138,38 @@ def test_two_processes_preempted_resume_and_match_one_process(tmp_path):
       if isinstance(value, (int, float)):
         np.testing.assert_allclose(got[key], value, rtol=2e-4, atol=1e-5,
                                    err_msg=f"{key} at step {want['step']}")
+
+
+def test_evaluate_and_sample_on_two_processes_match_one(tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "workdir_v1"), workdir)
+  common = [f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+            "--config.eval.num_examples=6", "--config.eval.num_samples=8",
+            "--config.eval.batch_size=4", "--config.eval.sample_chunk=3"]
+  # The data the run was trained on (training would have generated it).
+  config = config_lib.load_run_config(str(workdir))
+  config.data.data_dir = str(tmp_path / "tfds")
+  pipeline.prepare(config.data)
+  single = subprocess.run([sys.executable, "-m", "experiments.evaluate", *common], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert single.returncode == 0, single.stderr[-4000:]
+  assert "Evaluating on 1 device (cpu) of 1 process" in single.stdout
+  with open(workdir / "evaluation.json") as f:
+    expected = json.load(f)
+  os.remove(workdir / "evaluation.json")
+
+  outputs = _finish(_start(common, 2, _free_port(), module="experiments.evaluate", config=()))
+  assert "Evaluating on 2 devices (cpu) of 2 processes" in outputs[0]
+  assert "Evaluating on" not in outputs[1] and "ged_16" not in outputs[1]   # process 0 reports
+  with open(workdir / "evaluation.json") as f:
+    got = json.load(f)
+  assert got["num_images"] == expected["num_images"] == 6
+  for key, value in expected.items():
+    if isinstance(value, float):
+      np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+
+  output = str(tmp_path / "samples.png")
+  _finish(_start([f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+                  f"--output={output}", "--num_samples=4", "--indices=0,1"], 2, _free_port(),
+                 module="experiments.sample", config=()))
+  assert os.path.exists(output) and os.path.exists(output[:-len(".png")] + ".npz")

@@ -253,15 +253,16 @@ def test_each_preset_computes_its_papers_scores(name):
 
 
 def _stub_samples(num_samples):
-  """The samples `GraderStub` draws per image in `_evaluate` (batch i: the first half of
-  `split(fold_in(key, i))`, as the driver's device function)."""
+  """The samples `GraderStub` draws per image in `_evaluate`: image i of the split, sample j
+  from `fold_in(fold_in(key, i), j)`, one image at a time, as the driver draws them."""
+  images = np.concatenate([b["image"] for b in _batches()])
   out = []
-  for index, batch in enumerate(_batches()):
-    sample_rng, _ = jax.random.split(jax.random.fold_in(jax.random.key(0), index))
-    logits = GraderStub().sample({}, sample_rng,
-                                 jnp.asarray(batch["image"]), num_samples=num_samples)
-    out.append(np.moveaxis(np.asarray(jnp.argmax(logits, -1) == 1, np.float32), 0, 1))
-  return np.concatenate(out)  # [8, N, H, W]
+  for i, image in enumerate(images):
+    key = jax.random.fold_in(jax.random.key(0), i)
+    logits = [GraderStub().sample({}, jax.random.fold_in(key, j), jnp.asarray(image[None]))[0, 0]
+              for j in range(num_samples)]
+    out.append(np.asarray(jnp.argmax(jnp.stack(logits), -1) == 1, np.float32))
+  return np.stack(out)  # [8, N, H, W]
 
 
 def test_berdiff_scores_hm_iou_on_the_first_images_only():

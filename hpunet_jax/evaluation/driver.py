@@ -2,11 +2,16 @@
 
 Shared by `experiments.evaluate` and the training loop's periodic evaluation.
 
-Per batch, one jitted device function draws the samples, reconstructs from
-every grader and returns only IoU matrices and per-image S_NCC / IoU_rec (a few
-hundred floats per image, whatever the image size); every score is then derived
-from those on the host, the Hungarian matching with scipy per image. Per-image
-scores are aggregated over the split with `metrics.aggregate`.
+Per batch, one jitted device function, sharded over the images on every
+device of every process, draws the samples (in chunks of `eval.sample_chunk`
+per image, so that memory does not grow with the number of samples),
+reconstructs from every grader and returns only IoU matrices and per-image
+S_NCC / IoU_rec (a few hundred floats per image, whatever the image size) to
+every process; every score is then derived from those on the host, the
+Hungarian matching with scipy per image. Each image's samples are drawn with
+keys derived from its index in the split, so its scores do not depend on the
+batch size, the chunk size or the devices. Per-image scores are aggregated
+over the split with `metrics.aggregate`.
 
 Which samples each score uses (N = `num_samples`, default 100):
   - `ged_16`, `ged_50`, `ged_100`: the first 16 / 50 / 100 samples against all
@@ -34,9 +39,12 @@ import numpy as np
 
 from hpunet_jax.data import pipeline
 from hpunet_jax.evaluation import exact, metrics, protocols
+from hpunet_jax.infra import parallel
 from hpunet_jax.infra.progress import Progress
 
 GED_SIZES = (16, 50, 100)
+# Samples drawn at once per image (`eval.sample_chunk`; docs/evaluation.md).
+DEFAULT_SAMPLE_CHUNK = 10
 HM_IOU_SIZE = 16
 # Scores that LIDC papers also report on subset B (all graders marked something).
 SUBSET_B_KEYS = tuple(f"ged_{n}" for n in GED_SIZES) + (f"hm_iou_{HM_IOU_SIZE}",)
@@ -53,34 +61,96 @@ OBJECT_KEYS = ("object_regions", "object_states", "object_state_probs")
 # per object where they are per object.
 FACTOR_PREFIXES = ("object_tvd", "joint_tvd", "mutual_information", "fidelity", "frequency")
 
-# Jitted device functions, keyed by (id(model), num_samples). The model is kept
-# in the value so that its id cannot be reused by another object while cached.
+# Jitted device functions, keyed by (id(model), num_samples, sample_chunk, mesh). The
+# model is kept in the value so that its id cannot be reused by another object
+# while cached.
 _DEVICE_FNS: dict = {}
+# Cap on the log of a class probability in S_NCC (`metrics.ncc`'s epsilon).
+_LOG_EPSILON = metrics.LOG_EPSILON
 
 
-def _device_fn(model, num_samples):
-  """The jitted sample-reconstruct-score function of `model` (built once)."""
-  key = (id(model), num_samples)
+def image_keys(rng, indices):
+  """Each image's sampling key: `fold_in(rng, index)` of its index in the split."""
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.asarray(indices, jnp.uint32))
+
+
+def sample_chunked(model, params, keys, images, *, num_samples, sample_chunk, mean=False):
+  """Draws `num_samples` per image in chunks; a function to call inside `jit`.
+
+  Sample `j` of image `i` comes from `fold_in(keys[i], j)` alone, so it does
+  not depend on the other images of the batch, on the batch size or on
+  `sample_chunk`. The chunks run one after the other (`lax.scan`), so the
+  decoder's activations of only `b * sample_chunk` samples are alive at once.
+
+  Args:
+    model: the model (`model.sample`).
+    params: its parameters.
+    keys: `[b]` PRNG keys, one per image (`image_keys`).
+    images: `[b, H, W, C]`.
+    num_samples: N.
+    sample_chunk: samples drawn at once per image (the last chunk is padded,
+      and its extra samples dropped).
+    mean: `model.sample`'s `mean`.
+
+  Returns:
+    `(samples, mean_probs, mean_log_probs)`: binary foreground `[b, N, H, W]`,
+    and over the N samples the mean class probabilities `[b, H, W, C]` and
+    the mean `log(p + eps)` `[b, H, W, C]` (what S_NCC needs of them).
+  """
+  chunk = max(1, min(int(sample_chunk), int(num_samples)))
+  num_chunks = -(-num_samples // chunk)
+
+  def one_image(key, image):
+    def one_sample(j):
+      return model.sample(params, jax.random.fold_in(key, j), image[None], num_samples=1,
+                          mean=mean)[0, 0]                          # [H, W, C]
+
+    def body(carry, c):
+      sample_ids = c * chunk + jnp.arange(chunk)
+      logits = jax.vmap(one_sample)(sample_ids).astype(jnp.float32)   # [chunk, H, W, C]
+      probs = jax.nn.softmax(logits, -1)
+      valid = (sample_ids < num_samples).astype(jnp.float32)[:, None, None, None]
+      sum_probs, sum_log = carry
+      carry = (sum_probs + (probs * valid).sum(0),
+               sum_log + (jnp.log(probs + _LOG_EPSILON) * valid).sum(0))
+      return carry, jnp.argmax(logits, -1) == 1
+
+    height, width, _ = image.shape
+    num_classes = jax.eval_shape(one_sample, 0).shape[-1]
+    zeros = jnp.zeros((height, width, num_classes), jnp.float32)
+    (sum_probs, sum_log), samples = jax.lax.scan(body, (zeros, zeros), jnp.arange(num_chunks))
+    samples = samples.reshape((num_chunks * chunk, height, width))[:num_samples]
+    return samples, sum_probs / num_samples, sum_log / num_samples
+
+  return jax.vmap(one_image)(keys, images)
+
+
+def device_fn(model, num_samples, sample_chunk, mesh):
+  """The jitted sample-reconstruct-score function of `model` (built once).
+
+  Called as `fn(params, rng, *global_inputs(...))`. Its inputs are global arrays sharded over the images of `mesh`; its outputs
+  are replicated, so that every process holds every image's matrices.
+  """
+  key = (id(model), num_samples, sample_chunk, mesh)
   cached = _DEVICE_FNS.get(key)
   if cached is not None and cached[0] is model:
     return cached[1]
 
-  def device_fn(params, rng, images, masks, candidates, objects=None):
-    sample_rng, reconstruct_rng = jax.random.split(rng)
-    logits = model.sample(params, sample_rng, images, num_samples=num_samples)
-    num_classes = logits.shape[-1]
-    # Per image, samples first: [b, N, H, W].
-    samples = jnp.moveaxis(jnp.argmax(logits, -1) == 1, 0, 1)
-    sample_probs = jnp.moveaxis(jax.nn.softmax(logits, -1), 0, 1)  # [b, N, H, W, C]
-    del logits
+  def scores_on_device(params, rng, indices, images, masks, candidates, objects=None):
+    keys = image_keys(rng, indices)
+    samples, mean_probs, mean_log = sample_chunked(model, params, keys, images,
+                                                   num_samples=num_samples,
+                                                   sample_chunk=sample_chunk)
+    num_classes = mean_probs.shape[-1]
     graders = jnp.moveaxis(masks, -1, 1) > 0.5  # [b, M, H, W]
     batch, num_graders, height, width = graders.shape
-    # All graders of all images in one call: image-major, grader-minor.
+    # All graders of all images in one call: image-major, grader-minor. The
+    # posterior mean draws nothing, so no key is needed.
     repeated_images = jnp.repeat(images, num_graders, axis=0)
     segmentations = jax.nn.one_hot(
         graders.reshape(batch * num_graders, height, width).astype(jnp.int32), num_classes,
         dtype=jnp.float32)
-    reconstruction_logits = model.reconstruct(params, reconstruct_rng, repeated_images,
+    reconstruction_logits = model.reconstruct(params, jax.random.key(0), repeated_images,
                                               segmentations, mean=True)
     reconstructions = (jnp.argmax(reconstruction_logits, -1) == 1).reshape(graders.shape)
     out = dict(
@@ -88,7 +158,7 @@ def _device_fn(model, num_samples):
         iou_sy=metrics.pairwise_iou(samples, graders),
         iou_yy=metrics.pairwise_iou(graders, graders),
         iou_rec=metrics.reconstruction_iou(reconstructions, graders),
-        ncc=metrics.ncc(sample_probs, graders),
+        ncc=metrics.ncc_from_means(mean_probs, mean_log, graders),
     )
     if candidates is not None:
       out["iou_sc"] = metrics.pairwise_iou(samples, candidates)
@@ -98,9 +168,63 @@ def _device_fn(model, num_samples):
       out["iou_ons"] = exact.object_state_iou(samples, regions, state_masks)  # [b, O, N, S]
     return out
 
-  jitted = jax.jit(device_fn)
+  jitted = jax.jit(scores_on_device, out_shardings=parallel.replicated(mesh))
   _DEVICE_FNS[key] = (model, jitted)
   return jitted
+
+
+def _on_mesh(tree, mesh):
+  """`tree` replicated over `mesh`: as it is where it already is, else placed there."""
+  wanted = parallel.replicated(mesh)
+  leaves = jax.tree.leaves(tree)
+  if all(isinstance(x, jax.Array) and x.sharding == wanted for x in leaves):
+    return tree
+  return parallel.replicate(tree, mesh)
+
+
+def padded_batch_size(batch_size, num_devices):
+  """The eval batch rounded up to a multiple of the devices (the padding is dropped)."""
+  return -(-batch_size // num_devices) * num_devices
+
+
+def _pad(x, size):
+  """`x` padded along axis 0 to `size` rows with copies of its first row."""
+  x = np.asarray(x)
+  if x.shape[0] == size:
+    return x
+  return np.concatenate([x, np.repeat(x[:1], size - x.shape[0], axis=0)])
+
+
+def global_inputs(batch, start, mesh, padded_size):
+  """The device function's batch arguments: global arrays sharded over `mesh`.
+
+  `(indices, images, masks, candidates, objects)`; the batch's images get the
+  indices `start, start + 1, ...` (their keys), and every array is padded to
+  `padded_size` images with copies of the first (dropped from the outputs).
+  """
+  sharding = parallel.batch_sharding(mesh)
+  put = lambda x: jax.make_array_from_callback(
+      (padded_size,) + x.shape[1:], sharding,
+      lambda index, x=_pad(x, padded_size): x[index])
+  indices = np.arange(start, start + padded_size, dtype=np.uint32)
+  candidates = None
+  if "candidates" in batch:
+    candidates = put(np.asarray(batch["candidates"], np.float32))
+  objects = None
+  if OBJECT_KEYS[0] in batch:
+    objects = (put(np.asarray(batch["object_regions"], np.float32)),
+               put(np.asarray(batch["object_states"], np.float32)))
+  return (put(indices), put(np.asarray(batch["image"], np.float32)),
+          put(np.asarray(batch["masks"], np.float32)), candidates, objects)
+
+
+def batch_outputs(scoring_fn, params, rng, batch, start, mesh, padded_size):
+  """One eval batch through `scoring_fn` (`device_fn`) on every device of `mesh`: host arrays
+  of the batch's images (`global_inputs`), the padding dropped."""
+  size = np.shape(batch["image"])[0]
+  out = scoring_fn(params, rng, *global_inputs(batch, start, mesh, padded_size))
+  # Replicated outputs: every process reads every image's matrices.
+  return {k: np.asarray(v, np.float64)[:size] for k, v in out.items()}
 
 
 _FLOORS: dict = {}
@@ -151,19 +275,30 @@ def first_examples(batches: Iterable[Mapping[str, Any]], num_examples: Optional[
 def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
                      num_samples: int = 100, num_examples: Optional[int] = None,
                      on_batch: Optional[Callable[[int], Any]] = None,
-                     protocol: Optional[protocols.Protocol] = None) -> dict:
-  """Scores every image of `batches`.
+                     protocol: Optional[protocols.Protocol] = None,
+                     sample_chunk: int = DEFAULT_SAMPLE_CHUNK, mesh=None) -> dict:
+  """Scores every image of `batches`, on every device of every process.
+
+  Each batch is padded to a multiple of the devices, sharded over the
+  `('data',)` mesh, and its padding dropped; the per-image matrices come
+  back to every process, which all compute the same scores (process 0 alone
+  writes them, in the callers). Image `i` of the split (counted over
+  `batches`) samples with `fold_in(rng, i)` and its sample `j` with
+  `fold_in(fold_in(rng, i), j)`, so its scores are the same for any batch
+  size, chunk size, number of devices and of processes.
 
   Args:
     model: has `sample(params, rng, images, *, num_samples, mean)` -> logits
       `[N, B, H, W, C]` and `reconstruct(params, rng, images, segmentations,
-      *, mean)` -> logits `[B, H, W, C]`; foreground is class 1.
-    params: the model's parameters.
+      *, mean)` -> logits `[B, H, W, C]`; foreground is class 1. Both are
+      called inside `jit`.
+    params: the model's parameters (on one device, or replicated over
+      `mesh`, as the training state's are).
     batches: dicts of numpy arrays: `image` `[b, H, W, C]`, `masks` binary
       `[b, H, W, M]`, optionally `candidates` binary `[b, K, H, W]` with
-      `candidate_probs` `[b, K]`.
-    rng: PRNG key; batch `i` uses `fold_in(rng, i)`, so a given key and data
-      order always give the same scores.
+      `candidate_probs` `[b, K]`, and object fields (`OBJECT_KEYS`). Every
+      process passes the same batches.
+    rng: PRNG key.
     num_samples: samples per image.
     num_examples: stop after this many images (all if None).
     on_batch: called after each batch with the number of images scored so
@@ -171,6 +306,9 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
     protocol: which scores, on how many samples and images
       (`protocols.Protocol`); None: `hpunet`. Its `num_samples` is not read
       here: `num_samples` is.
+    sample_chunk: samples drawn at once per image (`sample_chunked`): peak
+      memory grows with it, not with `num_samples`; the scores do not change.
+    mesh: the devices; None: `parallel.make_mesh()`, all of every process.
 
   Returns:
     dict of per-image numpy arrays, keyed like `evaluate`'s means, plus
@@ -178,26 +316,28 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  if sample_chunk < 1:
+    raise ValueError(f"sample_chunk must be >= 1, got {sample_chunk}")
   protocol = protocol or protocols.hpunet()
-  device_fn = _device_fn(model, num_samples)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  scoring_fn = device_fn(model, num_samples, min(sample_chunk, num_samples), mesh)
+  params = _on_mesh(params, mesh)
+  rng = _on_mesh(rng, mesh)
   scores: dict = {}
   add = lambda key, values: scores.setdefault(key, []).append(np.asarray(values, np.float64))
   subset = []
   seen = 0
-  for index, batch in first_examples(batches, num_examples):
+  padded_size = None
+  for _, batch in first_examples(batches, num_examples):
     images = np.asarray(batch["image"], np.float32)
     masks = np.asarray(batch["masks"], np.float32)
     if images.shape[0] == 0:
       continue
+    if padded_size is None:   # the first (full) batch sets the shape of every call
+      padded_size = padded_batch_size(images.shape[0], mesh.devices.size)
     has_candidates = "candidates" in batch
-    candidates = np.asarray(batch["candidates"], np.float32) if has_candidates else None
-    objects = None
-    if OBJECT_KEYS[0] in batch:
-      objects = (np.asarray(batch["object_regions"], np.float32),
-                 np.asarray(batch["object_states"], np.float32))
-    out = jax.device_get(device_fn(params, jax.random.fold_in(rng, index), images, masks,
-                                   candidates, objects))
-    out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+    objects = OBJECT_KEYS[0] in batch
+    out = batch_outputs(scoring_fn, params, rng, batch, seen, mesh, padded_size)
     batch_size = images.shape[0]
 
     for n in protocol.ged_sizes:
@@ -237,7 +377,7 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
         add("match_rate", [matches["match_rate"]])
         add("tvd", [matches["tvd"]])
 
-    if objects is not None:
+    if objects:
       state_probs = np.asarray(batch["object_state_probs"], np.float64)
       for i in range(batch_size):
         for key, value in _factor_scores(out["iou_ons"][i], state_probs[i], num_samples).items():
@@ -295,13 +435,13 @@ def summarise(scores: Mapping[str, np.ndarray], *, num_bootstrap: int = 1000,
 def evaluate(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
              num_samples: int = 100, num_examples: Optional[int] = None,
              num_bootstrap: int = 1000, on_batch: Optional[Callable[[int], Any]] = None,
-             protocol: Optional[protocols.Protocol] = None) -> dict:
+             protocol: Optional[protocols.Protocol] = None,
+             sample_chunk: int = DEFAULT_SAMPLE_CHUNK, mesh=None) -> dict:
   """Samples `model` on `batches` and returns the split's scores.
 
   See the module docstring for which samples each score uses, and
-  `per_image_scores` for the arguments. Device memory grows with the batch
-  size times `num_samples` (the logits of all samples of a batch are held at
-  once).
+  `per_image_scores` for the arguments. Device memory grows with the
+  images per device times `sample_chunk`, not with `num_samples`.
 
   Returns:
     A flat dict. For each score `<key>` in `ged_16`, `ged_50`, `ged_100`,
@@ -317,7 +457,8 @@ def evaluate(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
     None); another protocol keeps the keys of the scores it computes.
   """
   scores = per_image_scores(model, params, batches, rng=rng, num_samples=num_samples,
-                            num_examples=num_examples, on_batch=on_batch, protocol=protocol)
+                            num_examples=num_examples, on_batch=on_batch, protocol=protocol,
+                            sample_chunk=sample_chunk, mesh=mesh)
   return summarise(scores, num_bootstrap=num_bootstrap, protocol=protocol)
 
 
@@ -356,12 +497,14 @@ def evaluation_progress(config, split, num_examples, *, print_fn=logging.info):
 
 
 def run_evaluation(model, params, config, split, *, num_samples=None, num_examples=None,
-                   rng=None, print_fn=logging.info):
+                   rng=None, print_fn=logging.info, mesh=None):
   """Evaluates `params` on `split` with the config's eval settings, with progress lines.
 
   `eval.protocol` says the scores, and with the papers' presets the sample
   count and the images (`protocols.num_samples`, `protocols.num_examples`);
-  `num_samples` / `num_examples`, when given, override those.
+  `num_samples` / `num_examples`, when given, override those. Runs on every
+  device of `mesh` (None: all devices of all processes) with the config's
+  `eval.sample_chunk`.
   """
   protocol = protocols.of_config(config.eval)
   num_samples = num_samples or protocols.num_samples(config.eval)
@@ -370,4 +513,5 @@ def run_evaluation(model, params, config, split, *, num_samples=None, num_exampl
   progress = evaluation_progress(config, split, num_examples, print_fn=print_fn)
   return evaluate(model, params, eval_batches(config, split, num_examples), rng=rng,
                   num_samples=num_samples, num_examples=num_examples,
-                  on_batch=progress.update, protocol=protocol)
+                  on_batch=progress.update, protocol=protocol,
+                  sample_chunk=config.eval.get("sample_chunk", DEFAULT_SAMPLE_CHUNK), mesh=mesh)

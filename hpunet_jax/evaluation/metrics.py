@@ -29,7 +29,7 @@ import numpy as np
 import scipy.optimize
 
 # PHiSeg's cross-entropy guard, `log(p + 1e-8)`; see `ncc`.
-_LOG_EPSILON = 1e-8
+LOG_EPSILON = 1e-8
 # A map whose spread is below this fraction of its magnitude is constant up to
 # float32 rounding: its correlation is undefined (NaN), as in PHiSeg.
 _NCC_RELATIVE_TOLERANCE = 1e-5
@@ -209,13 +209,29 @@ def ncc(sample_probs, graders) -> jax.Array:
     `[...]` S_NCC (NaN where undefined).
   """
   probs = jnp.asarray(sample_probs, jnp.float32)
-  num_classes = probs.shape[-1]
+  return ncc_from_means(probs.mean(-4), jnp.log(probs + LOG_EPSILON).mean(-4), graders)
+
+
+def ncc_from_means(mean_probs, mean_log_probs, graders) -> jax.Array:
+  """`ncc` from two sample means alone, so the samples can be drawn in chunks.
+
+  CE is linear in its target, so S_NCC needs of the N samples only their mean
+  class probabilities `s_bar` and their mean `log(s + 1e-8)`: no
+  `[M, N, H, W]` array.
+
+  Args:
+    mean_probs: `[..., H, W, C]` the samples' mean class probabilities.
+    mean_log_probs: `[..., H, W, C]` the samples' mean `log(s + 1e-8)`.
+    graders: binary masks `[..., M, H, W]`.
+
+  Returns:
+    `[...]` S_NCC (NaN where undefined), as `ncc`.
+  """
+  mean_log = jnp.asarray(mean_log_probs, jnp.float32)[..., None, :, :, :]   # [..., 1, H, W, C]
+  num_classes = mean_log.shape[-1]
   targets = jax.nn.one_hot(as_float_masks(graders).astype(jnp.int32), num_classes)
-  # CE is linear in its target, so E_s[CE(t, s)] only needs the sample mean of
-  # log(s + eps): no [M, N, H, W] array.
-  mean_log = jnp.log(probs + _LOG_EPSILON).mean(-4, keepdims=True)  # [..., 1, H, W, C]
   expected_ce = lambda t: -(t * mean_log).sum(-1)
-  gamma = expected_ce(probs.mean(-4, keepdims=True))  # [..., 1, H, W]
+  gamma = expected_ce(jnp.asarray(mean_probs, jnp.float32)[..., None, :, :, :])  # [..., 1, H, W]
   grader_ce = expected_ce(targets)  # [..., M, H, W]
   flat = lambda x: x.reshape(x.shape[:-2] + (-1,))
   per_grader = _normalised_cross_correlation(flat(gamma), flat(grader_ce))

@@ -10,8 +10,9 @@ their periodic actions. What a run leaves: docs/training.md; what it
 guarantees when killed (evaluation before each checkpoint, records exactly
 once): docs/fault_tolerance.md.
 
-Every process trains; only process 0 writes metrics, `config.json` and
-figures; orbax coordinates the checkpoints.
+Every process trains and evaluates (the evaluation images are sharded over
+all devices, as the training batches are); only process 0 writes metrics,
+`config.json` and figures; orbax coordinates the checkpoints.
 """
 import os
 import time
@@ -160,16 +161,17 @@ def _train(config, context, mesh):
                            **({"lambda": metrics["lagmul"]} if "lagmul" in metrics else {})})
 
   def evaluate_and_draw(step):
-    params = local_copy(state.params["net"])
     t = time.time()
-    # The fixed slice of eval.num_examples images, whatever eval.protocol.
-    results = driver.run_evaluation(model, params, config, config.eval.split,
-                                    num_examples=config.eval.num_examples)
+    # The fixed slice of eval.num_examples images, whatever eval.protocol, on
+    # every device of every process (the parameters are already there).
+    results = driver.run_evaluation(model, state.params["net"], config, config.eval.split,
+                                    num_examples=config.eval.num_examples, mesh=mesh,
+                                    print_fn=logging.info)
     writer.write(step, _scalar_results(results), prefix="eval/")
     logging.info("Evaluation at step %d on %s took %.1fs.", step, config.eval.split,
                  time.time() - t)
     if context.is_main:
-      paths, _ = figures.draw_figures(model, params, config, config.eval.split,
+      paths, _ = figures.draw_figures(model, local_copy(state.params["net"]), config, config.eval.split,
                                       os.fspath(workdir / FIGURE_DIR / f"step_{step:07d}"),
                                       title=f"step {step}, {config.eval.split}: ",
                                       writer=writer, step=step)
