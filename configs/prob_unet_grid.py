@@ -1,0 +1,30 @@
+"""The release's Prob. U-Net on `synthetic_grid`, at the budget of `configs/synthetic_grid.py`.
+
+    python -m experiments.train --config=configs/prob_unet_grid.py --workdir=runs/grid_prob
+    python -m experiments.evaluate --workdir=runs/grid_prob --config.eval.split=test
+
+The network of `configs/prob_unet.py` (the release's: 7 levels, 3 convs per
+block, one global 6-d latent, three 1x1 convs in f_comb; at a quarter of its
+widths, 8..48 channels) trained with the release's ELBO (beta 1, L2 1e-5 on
+the weights) on the same data, steps, batch, optimiser and seed as the
+HPU-Net of `configs/synthetic_grid.py` (`synthetic_grid.shared_settings`).
+
+Runtime, expected numbers: docs/results.md ("The grid: sixteen local factors").
+
+`:tiny`: the `small` grid data, 4 levels of 4-8 channels, a few steps.
+"""
+from configs import prob_unet, synthetic_grid
+from hpunet_jax import config_lib
+
+
+def get_config(arg=None):
+  config = config_lib.base_config()
+  try:
+    synthetic_grid.shared_settings(config, arg)
+  except ValueError as e:
+    raise ValueError(f"configs/prob_unet_grid.py: {e}") from None
+  prob_unet.release_model(config, tuple(c // 4 for c in prob_unet.RELEASE_CHANNELS))
+  if arg == "tiny":
+    config.model.prob_unet.channels = (4, 8, 8, 8)
+    config.model.prob_unet.convs_per_block = 2
+  return config
