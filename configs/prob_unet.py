@@ -61,7 +61,8 @@ from configs import lidc, synthetic
 RELEASE_CHANNELS = (32, 64, 128, 192, 192, 192, 192)
 
 
-def _release_model(config, channels):
+def release_model(config, channels):
+  """The release's network, ELBO and L2 rule in `config` (channels as given)."""
   config.model.name = "prob_unet"
   config.model.prob_unet.channels = channels
   config.model.prob_unet.latent_dim = 6
@@ -76,7 +77,7 @@ def _release_model(config, channels):
 def get_config(arg=None):
   if arg == "lidc":
     config = lidc.get_config()
-    _release_model(config, RELEASE_CHANNELS)
+    release_model(config, RELEASE_CHANNELS)
     config.optim.learning_rate = 1e-4
     config.optim.schedule = "piecewise"
     config.optim.boundaries = (80_000, 160_000)
@@ -87,7 +88,7 @@ def get_config(arg=None):
     raise ValueError(f"configs/prob_unet.py: unknown argument {arg!r} "
                      "(use 'tiny', 'lidc' or nothing)")
   config = synthetic.get_config(arg)
-  _release_model(config, tuple(c // 4 for c in RELEASE_CHANNELS))
+  release_model(config, tuple(c // 4 for c in RELEASE_CHANNELS))
   if arg == "tiny":
     config.model.prob_unet.channels = (4, 8, 8, 8)
     config.model.prob_unet.convs_per_block = 2

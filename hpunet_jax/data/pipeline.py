@@ -10,6 +10,7 @@ iterator's state is just its position (grain's `get_state` / `set_state`).
 
 Config group `data` (see `default_config`):
   name: 'synthetic_multiscale[/default|/small]', 'synthetic_objects[/default|/s64|/small]',
+    'synthetic_grid[/default|/small]',
     'lidc_crops[/default]',
     'lidc_crops/custom', 'lidc_crops/<your name>' (your data with the sizes
     below fixed), 'lidc_knegt[/mose|/patient|/hdf5]' (the 128x128 LIDC of the
@@ -373,7 +374,7 @@ class _EvalTransform:
     if "candidates" in example:
       batch["candidates"] = np.moveaxis(crop(example["candidates"]) > 0, -1, 0).astype(np.float32)
       batch["candidate_probs"] = np.asarray(example["candidate_probs"], np.float32)
-    if "object_regions" in example:   # Data with independent objects (synthetic_objects).
+    if "object_regions" in example:   # Data with independent objects (synthetic_objects, _grid).
       batch["object_regions"] = np.moveaxis(crop(example["object_regions"]) > 0, -1, 0).astype(
           np.float32)                                                    # [O, H, W]
       batch["object_states"] = np.moveaxis(crop(example["object_states"]) > 0, (-2, -1), (0, 1)

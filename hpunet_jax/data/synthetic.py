@@ -505,3 +505,253 @@ class SyntheticObjects(_GeneratedBuilder):
             "centres": tfds.features.Tensor(shape=(num_objects, 2), dtype=np.int32),
         }),
     )
+
+
+# ----------------------------------------------------------------------------
+# `synthetic_grid`: a grid of small objects, each with its own factor.
+
+GRID_STATE_NAMES = {"presence": ("absent", "present"), "boundary": ("tight", "loose"),
+                    "absent_boundary": ("absent", "tight", "loose")}
+# Three states at most; a two-state object's third state is padding of probability 0.
+GRID_MAX_STATES = 3
+_ABSENT_TIGHT_LOOSE = ("absent_boundary", (0.30, 0.35, 0.35))
+# 16 factors, row by row over the 4x4 grid: 6 `presence` (P(absent), P(present)),
+# 5 `boundary` (P(tight), P(loose)) and 5 three-state `absent_boundary`
+# (absent 0.30 / tight 0.35 / loose 0.35), the kinds spread over rows and columns.
+GRID_FACTORS = (
+    ("presence", (0.5, 0.5)), ("boundary", (0.6, 0.4)), _ABSENT_TIGHT_LOOSE,
+    ("presence", (0.8, 0.2)),
+    ("boundary", (0.3, 0.7)), _ABSENT_TIGHT_LOOSE, ("presence", (0.35, 0.65)),
+    ("boundary", (0.5, 0.5)),
+    _ABSENT_TIGHT_LOOSE, ("presence", (0.65, 0.35)), ("boundary", (0.7, 0.3)),
+    ("presence", (0.2, 0.8)),
+    ("presence", (0.5, 0.5)), _ABSENT_TIGHT_LOOSE, ("boundary", (0.4, 0.6)),
+    _ABSENT_TIGHT_LOOSE,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GridDefinition:
+  """The exact generative process of `synthetic_grid` (defaults: S = 64, a 4x4 grid).
+
+  The image is cut into a `grid x grid` array of cells of S/grid pixels; object
+  o (row-major) lives in cell o, its *region*. Every object is a bright disc
+  with a soft halo, drawn the same way whatever its state (as in
+  `synthetic_objects`), and its label is ambiguous in a way of its own,
+  independently of every other object:
+
+  * `presence`: `absent` (nothing) or `present` (d <= r + present_offset);
+  * `boundary`: `tight` (d <= r) or `loose` (d <= r + loose_offset);
+  * `absent_boundary`: `absent`, `tight` or `loose` (the three-state factor of
+    an object that some graders leave out and the others outline tightly or
+    loosely).
+
+  With S = 64 and 16-pixel cells, a 7-level network (64 down to 1) has latents
+  at 1x1, 2x2 and 4x4 on its three coarsest scales; the 4x4 latent has one
+  cell per object. The defaults' 16 factors (`GRID_FACTORS`) have 2^11 * 3^5 =
+  497,664 joint states.
+
+  Attributes:
+    image_size: S (a multiple of `grid`); images are `[S, S, 1]`.
+    grid: objects per row and per column.
+    min_radius: smallest core radius r (inclusive); r ~ uniform integer, per object.
+    max_radius: largest core radius r (inclusive).
+    halo_width: intensity falls linearly from the object's to the background's
+      between r and r + halo_width.
+    present_offset: the `present` disc has radius r + present_offset.
+    loose_offset: the `loose` disc has radius r + loose_offset.
+    background: intensity of the background.
+    object_intensity: intensity inside the core.
+    noise_std: std of the i.i.d. Gaussian pixel noise (then clipped to [0, 1]).
+    factors: per object (row-major), `(kind, probs)`: probs are the
+      probabilities of the kind's states in `GRID_STATE_NAMES` order.
+    num_graders: masks drawn per example.
+  """
+  image_size: int = 64
+  grid: int = 4
+  min_radius: int = 3
+  max_radius: int = 4
+  halo_width: int = 3
+  present_offset: int = 1
+  loose_offset: int = 2
+  background: float = 0.1
+  object_intensity: float = 0.9
+  noise_std: float = 0.05
+  factors: tuple = GRID_FACTORS
+  num_graders: int = 4
+
+  @property
+  def num_objects(self):
+    return len(self.factors)
+
+  @property
+  def cell_size(self):
+    return self.image_size // self.grid
+
+  @property
+  def state_probs(self):
+    """`[O, 3]` float64: per object, its states' probabilities, 0 for padding."""
+    probs = np.zeros((self.num_objects, GRID_MAX_STATES))
+    for o, (_, p) in enumerate(self.factors):
+      probs[o, :len(p)] = p
+    return probs
+
+  @property
+  def num_joint_states(self):
+    return int(np.prod([len(p) for _, p in self.factors]))
+
+  def validate(self):
+    """Raises ValueError naming the field if the definition is not usable."""
+    if self.grid < 1 or self.image_size % self.grid:
+      raise ValueError(f"image_size={self.image_size}, grid={self.grid}: need image_size "
+                       "a multiple of grid >= 1")
+    if not 0 < self.min_radius <= self.max_radius:
+      raise ValueError(f"min_radius={self.min_radius}, max_radius={self.max_radius}: "
+                       "need 0 < min_radius <= max_radius")
+    for name in ("present_offset", "loose_offset"):
+      if not 0 < getattr(self, name) < self.halo_width:
+        raise ValueError(f"{name}={getattr(self, name)}: need 0 < offset < "
+                         f"halo_width={self.halo_width}")
+    # The halo, centre pixel included, must fit in the cell.
+    if 2 * (self.max_radius + self.halo_width) + 1 > self.cell_size:
+      raise ValueError(f"image_size={self.image_size}, grid={self.grid}: cells of "
+                       f"{self.cell_size} pixels are too small for objects of radius + halo = "
+                       f"{self.max_radius + self.halo_width}")
+    if len(self.factors) != self.grid ** 2:
+      raise ValueError(f"factors: {len(self.factors)} given, need grid**2 = {self.grid ** 2} "
+                       "(one per cell)")
+    for o, factor in enumerate(self.factors):
+      kind, probs = factor
+      if kind not in GRID_STATE_NAMES:
+        raise ValueError(f"factors[{o}]={factor}: kind must be one of {sorted(GRID_STATE_NAMES)}")
+      probs = np.asarray(probs, np.float64)
+      if (probs.shape != (len(GRID_STATE_NAMES[kind]),) or np.any(probs < 0)
+          or not np.isclose(probs.sum(), 1.0)):
+        raise ValueError(f"factors[{o}]={factor}: need {len(GRID_STATE_NAMES[kind])} "
+                         f"probabilities of {GRID_STATE_NAMES[kind]} summing to 1")
+    if self.num_graders < 1:
+      raise ValueError(f"num_graders={self.num_graders}: need >= 1")
+
+
+def generate_grid_example(definition, seed, split, index):
+  """Generates one `synthetic_grid` example; a pure function of its arguments.
+
+  The image comes from `np.random.default_rng([seed, split_id, index])`: per
+  object (row-major) its radius r and its centre inside its cell, then the
+  `[S, S]` noise. The graders' states come from a second generator,
+  `np.random.default_rng([seed, split_id, index, 1])`: per grader, every
+  object's state drawn independently with its factor's probabilities (the
+  same for every example, so the image carries no information about them).
+
+  Returns:
+    A dict of numpy arrays (O objects, M graders): `image` uint8 `[S, S, 1]`;
+    `masks` uint8 `[S, S, M]`; `grader_states` int32 `[M, O]` (each grader's
+    state of each object); `object_regions` uint8 `[S, S, O]` (each object's
+    cell); `object_states` uint8 `[S, S, O, 3]` (each object's state masks,
+    zero outside its region; a two-state object's third is all zero, of
+    probability 0); `object_state_probs` float32 `[O, 3]`; `radii` int32
+    `[O]`; `centres` int32 `[O, 2]` (y, x). No `candidates`: the joint has
+    too many states to store (the per-object scores need none).
+  """
+  d = definition
+  rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+  size, cell = d.image_size, d.cell_size
+  rows, cols = np.mgrid[:size, :size]
+  profile = np.zeros((size, size))
+  regions, states, radii, centres = [], [], [], []
+  for o, (kind, _) in enumerate(d.factors):
+    top, left = (o // d.grid) * cell, (o % d.grid) * cell
+    radius = int(rng.integers(d.min_radius, d.max_radius + 1))
+    extent = radius + d.halo_width
+    cy, cx = (int(c) for c in rng.integers(extent, cell - extent, size=2))
+    cy, cx = cy + top, cx + left
+    distance = np.hypot(rows - cy, cols - cx)
+    profile = np.maximum(profile, np.clip((extent - distance) / d.halo_width, 0.0, 1.0))
+    region = np.zeros((size, size), bool)
+    region[top:top + cell, left:left + cell] = True
+    empty = np.zeros_like(region)
+    tight, loose = distance <= radius, distance <= radius + d.loose_offset
+    object_states = {"presence": [empty, distance <= radius + d.present_offset, empty],
+                     "boundary": [tight, loose, empty],
+                     "absent_boundary": [empty, tight, loose]}[kind]
+    regions.append(region)
+    states.append(np.stack(object_states, -1) & region[..., None])
+    radii.append(radius)
+    centres.append((cy, cx))
+  intensity = d.background + (d.object_intensity - d.background) * profile
+  intensity = intensity + rng.normal(0.0, d.noise_std, intensity.shape)
+  image = np.round(np.clip(intensity, 0.0, 1.0) * 255).astype(np.uint8)
+
+  states = np.stack(states, axis=2)                                  # [S, S, O, 3]
+  probs = d.state_probs
+  grader_rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 1])
+  grader_states = np.stack([grader_rng.choice(GRID_MAX_STATES, size=d.num_graders, p=p)
+                            for p in probs], axis=-1)                # [M, O]
+  objects = np.arange(d.num_objects)
+  masks = np.stack([states[:, :, objects, s].any(-1) for s in grader_states], -1)
+  return {
+      "image": image[..., None],
+      "masks": masks.astype(np.uint8),
+      "grader_states": grader_states.astype(np.int32),
+      "object_regions": np.stack(regions, -1).astype(np.uint8),
+      "object_states": states.astype(np.uint8),
+      "object_state_probs": probs.astype(np.float32),
+      "radii": np.asarray(radii, np.int32),
+      "centres": np.asarray(centres, np.int32),
+  }
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticGridConfig(_GeneratedConfig):
+  """A `synthetic_grid` config: S (default 64), split sizes, seed (see `_GeneratedConfig`).
+
+  The objects keep their size (16-pixel cells at S = 64): only S = 64 is
+  offered, so `image_size` must stay 64 (`GridDefinition.validate` names
+  what breaks otherwise).
+  """
+
+  @property
+  def definition(self):
+    definition = GridDefinition(image_size=self.image_size)
+    definition.validate()
+    return definition
+
+
+class SyntheticGrid(_GeneratedBuilder):
+  """A 4x4 grid of objects per image, each with its own independent ambiguity, known exactly."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [
+      SyntheticGridConfig(
+          name="default", description="S = 64, 4x4 grid; 4000 / 200 / 200 examples; seed 0."),
+      SyntheticGridConfig(
+          name="small", num_train=256, num_validation=32, num_test=32,
+          description="S = 64, 4x4 grid; 256 / 32 / 32 examples; seed 0 (smoke runs)."),
+  ]
+  DEFAULT_CONFIG_NAME = "default"
+
+  generate = staticmethod(generate_grid_example)
+
+  def _info(self):
+    size = self.builder_config.image_size
+    definition = self.builder_config.definition
+    num_objects, num_graders = definition.num_objects, definition.num_graders
+    binary = lambda *shape: tfds.features.Tensor(
+        shape=(size, size) + shape, dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB)
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=GridDefinition.__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": binary(1),
+            "masks": binary(num_graders),
+            "grader_states": tfds.features.Tensor(shape=(num_graders, num_objects),
+                                                  dtype=np.int32),
+            "object_regions": binary(num_objects),
+            "object_states": binary(num_objects, GRID_MAX_STATES),
+            "object_state_probs": tfds.features.Tensor(shape=(num_objects, GRID_MAX_STATES),
+                                                       dtype=np.float32),
+            "radii": tfds.features.Tensor(shape=(num_objects,), dtype=np.int32),
+            "centres": tfds.features.Tensor(shape=(num_objects, 2), dtype=np.int32),
+        }),
+    )

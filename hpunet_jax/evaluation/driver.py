@@ -59,7 +59,8 @@ ORDER = tuple(f"ged_{n}" for n in GED_SIZES) + (
 OBJECT_KEYS = ("object_regions", "object_states", "object_state_probs")
 # Per-image keys of the per-object scores (`_factor_scores`), suffixed `_<o>`
 # per object where they are per object.
-FACTOR_PREFIXES = ("object_tvd", "joint_tvd", "mutual_information", "fidelity", "frequency")
+FACTOR_PREFIXES = ("object_tvd", "joint_tvd", "mutual_information", "pairwise_mutual_information",
+                   "fidelity", "frequency")
 
 # Jitted device functions, keyed by (id(model), num_samples, sample_chunk, mesh). The
 # model is kept in the value so that its id cannot be reused by another object
@@ -245,7 +246,11 @@ def _factor_scores(iou_ons, state_probs, num_samples) -> dict:
   flat = {"joint_tvd": scores["joint_tvd"], "joint_tvd_floor": floors["joint_tvd"],
           "mutual_information": scores["mutual_information"],
           "mutual_information_floor": floors["mutual_information"],
+          "pairwise_mutual_information": scores["pairwise_mutual_information"],
+          "pairwise_mutual_information_floor": floors["pairwise_mutual_information"],
           "fidelity": float(np.mean(scores["fidelity"])),
+          "object_tvd_mean": float(np.mean(scores["object_tvd"])),
+          "object_tvd_mean_floor": float(np.mean(floors["object_tvd"])),
           "object_tvd_max": float(np.max(scores["object_tvd"]))}
   for o in range(len(state_probs)):
     flat[f"object_tvd_{o}"] = scores["object_tvd"][o]

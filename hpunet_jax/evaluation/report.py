@@ -60,19 +60,47 @@ def format_table(results: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
+# More objects than this: the tables print summaries over objects, and the
+# per-object values stay in evaluation.json.
+MAX_OBJECTS_PRINTED = 4
+
+
+def _num_objects(results) -> int:
+  return sum(1 for k in results if k.startswith("fidelity_") and not k.endswith(("_std", "_ci")))
+
+
 def format_factor_scores(results: Mapping[str, Any]) -> str:
-  """The per-object scores of `evaluate`'s results (data with independent objects)."""
+  """The per-object scores of `evaluate`'s results (data with independent objects).
+
+  The summary over objects first (mean per-object TVD, total correlation,
+  mean pairwise mutual information, mean fidelity, each beside the floor of a
+  perfect sampler where it has one); then one line per object if there are at
+  most `MAX_OBJECTS_PRINTED`.
+  """
   def cell(key):
     low, high = results[f"{key}_ci"]
     return f"{_format_number(results[key])} [{_format_number(low)}, {_format_number(high)}]"
-  num_objects = sum(1 for k in results if k.startswith("fidelity_") and not k.endswith(("_std", "_ci")))
+
+  def floor(key, unit=""):
+    return f"  floor {_format_number(results[key])}{unit}" if key in results else ""
+
+  num_objects = _num_objects(results)
   lines = ["per-object scores (each sample's state per object: highest IoU inside the "
-           "object's region)",
-           f"  joint TVD           {cell('joint_tvd')}  floor "
-           f"{_format_number(results['joint_tvd_floor'])}",
-           f"  mutual information  {cell('mutual_information')}  floor "
-           f"{_format_number(results['mutual_information_floor'])} nats",
-           f"  fidelity (mean)     {cell('fidelity')}"]
+           f"object's region; {num_objects} objects)"]
+  if "object_tvd_mean" in results:
+    lines.append(f"  mean object TVD     {cell('object_tvd_mean')}"
+                 f"{floor('object_tvd_mean_floor')}")
+  lines += [f"  joint TVD           {cell('joint_tvd')}{floor('joint_tvd_floor')}",
+            f"  total correlation   {cell('mutual_information')}"
+            f"{floor('mutual_information_floor', ' nats')}"]
+  if "pairwise_mutual_information" in results:
+    lines.append(f"  pairwise MI (mean)  {cell('pairwise_mutual_information')}"
+                 f"{floor('pairwise_mutual_information_floor', ' nats')}")
+  lines.append(f"  fidelity (mean)     {cell('fidelity')}")
+  if num_objects > MAX_OBJECTS_PRINTED:
+    lines.append(f"  (per-object values of the {num_objects} objects: object_tvd_<o>, "
+                 "fidelity_<o>, frequency_<o>_<s> in evaluation.json)")
+    return "\n".join(lines)
   for o in range(num_objects):
     frequencies = []
     s = 0
@@ -100,21 +128,37 @@ def format_factor_table(stats: Mapping[str, Mapping[str, float]], true_p_foregro
 
 def format_object_factor_table(stats: Mapping[str, Mapping[str, float]],
                                state_probs=None) -> str:
-  """A table of `object_factor_statistics` (one row per setting)."""
+  """A table of `object_factor_statistics` (one row per setting).
+
+  Per object columns for at most `MAX_OBJECTS_PRINTED` objects; beyond that,
+  the means over objects of the same statistics (per-object values stay in
+  evaluation.json).
+  """
   first = next(iter(stats.values()))
   num_objects = sum(1 for k in first if k.startswith("frequency_"))
+  per_object = num_objects <= MAX_OBJECTS_PRINTED
   header = ["setting".ljust(22)]
-  for o in range(num_objects):
-    header += [f"p{o} state 1", f"H{o}", f"moved{o}", f"TVD{o}"]
+  if per_object:
+    for o in range(num_objects):
+      header += [f"p{o} state 1", f"H{o}", f"moved{o}", f"TVD{o}"]
+  else:
+    header += ["mean H", "mean moved", "mean TVD"]
   header += ["joint TVD", "MI", "fidelity"]
   lines = [" | ".join(f"{h:>10}" if i else h for i, h in enumerate(header))]
   for variant, values in stats.items():
     cells = [variant.ljust(22)]
-    for o in range(num_objects):
-      cells += [f"{values[f'{k}_{o}']:10.3f}" for k in ("frequency", "entropy", "moved", "tvd")]
+    if per_object:
+      for o in range(num_objects):
+        cells += [f"{values[f'{k}_{o}']:10.3f}" for k in ("frequency", "entropy", "moved", "tvd")]
+    else:
+      cells += [f"{np.mean([values[f'{k}_{o}'] for o in range(num_objects)]):10.3f}"
+                for k in ("entropy", "moved", "tvd")]
     cells += [f"{values[k]:10.3f}" for k in ("joint_tvd", "mutual_information", "fidelity")]
     lines.append(" | ".join(cells))
-  if state_probs is not None:
+  if not per_object:
+    lines.append(f"(means over the {num_objects} objects: H entropy of an object's state, "
+                 "nats; moved: TVD from the all-means setting; MI: total correlation)")
+  elif state_probs is not None:
     truth = ", ".join(f"object {o}: {p[1]:.2f}" for o, p in enumerate(np.asarray(state_probs)))
     lines.append(f"(true P(state 1): {truth}; Ho: entropy of object o's state, nats; moved: TVD "
                  "from the all-means setting)")

@@ -242,3 +242,29 @@ class ProbUNetConfig:
   def from_dict(cls, values, *, prefix="model", allowed=None):
     """As `HPUNetConfig.from_dict`."""
     return _from_dict(cls, values, prefix, allowed)
+
+
+def latent_placement(model_config, height, width):
+  """Where the latents sit for `height x width` inputs: `(description, warning or None)`.
+
+  The latent scales of an HPU-Net are fixed by its number of levels, not by
+  the data: a network of L levels puts scale i at `H / 2**(L-1-i)`. So a
+  config sized for 32x32 images (6 levels: latents at 1x1, 2x2, 4x4) trained
+  on 64x64 images silently gets latents at 2x2, 4x4 and 8x8 and no global
+  (1x1) latent at all. The warning says so when the coarsest latent is not
+  1x1 (docs/model.md, "Where the latents sit").
+  """
+  shapes = model_config.latent_shapes(height, width)
+  cells = ", ".join(f"{h}x{w} ({c} ch)" for h, w, c in shapes)
+  description = f"latents at {cells} for {height}x{width} images"
+  if isinstance(model_config, ProbUNetConfig):
+    return description + " (one global latent)", None
+  h, w, _ = shapes[0]
+  warning = None
+  if (h, w) != (1, 1):
+    levels_needed = model_config.num_levels + int(np.log2(max(h, w)))
+    warning = (f"the coarsest latent is {h}x{w}, not 1x1: model.channels_per_block has "
+               f"{model_config.num_levels} levels, {height}x{width} images need "
+               f"{levels_needed} to reach a global latent (was the config made for another "
+               "image size?)")
+  return description, warning

@@ -32,6 +32,7 @@ from hpunet_jax.infra import checkpoint as checkpoint_lib
 from hpunet_jax.infra import logs, multihost, parallel
 from hpunet_jax.infra import writer as writer_lib
 from hpunet_jax.infra.progress import Progress
+from hpunet_jax.model.config import latent_placement
 from hpunet_jax.training import run
 from hpunet_jax.training.state import create_train_state, make_train_step
 
@@ -51,6 +52,18 @@ def _check_model_accepts_data(model, example, config):
     field = "data.crop_size" if config.data.crop_size is not None else "data.image_size"
     raise ValueError(f"{field}: the data's {example['image'].shape[1:3]} images do not fit the "
                      f"model: {e}") from None
+
+
+def _report_latent_placement(model, example, is_main):
+  """Prints where the latents sit for the data's images, and warns if there is no 1x1 one."""
+  height, width = example["image"].shape[1:3]
+  description, warning = latent_placement(model.config, height, width)
+  if is_main:
+    _print_and_log(f"Model: {description}.")
+  if warning:
+    logging.warning("%s", warning)
+    if is_main:
+      print(f"WARNING: {warning}")
 
 
 def _init_params_from(workdir, state, mesh):
@@ -133,6 +146,7 @@ def _train(config, context, mesh):
   train_step = make_train_step(config, mesh=mesh)
   model = train_step.model
   _check_model_accepts_data(model, example, config)
+  _report_latent_placement(model, example, context.is_main)
   state = create_train_state(config, jax.random.key(config.train.seed), example, mesh=mesh)
   # Shapes, dtypes and shardings of the state: the target for verifying
   # checkpoints after `state` has been donated.
