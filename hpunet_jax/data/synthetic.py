@@ -278,6 +278,46 @@ class SyntheticMultiscale(_GeneratedBuilder):
 OBJECT_STATE_NAMES = {"presence": ("absent", "present"), "boundary": ("tight", "loose")}
 
 
+def _validate_objects(d):
+  """The checks `ObjectsDefinition` and `GridDefinition` share: radii and offsets."""
+  if not 0 < d.min_radius <= d.max_radius:
+    raise ValueError(f"min_radius={d.min_radius}, max_radius={d.max_radius}: "
+                     "need 0 < min_radius <= max_radius")
+  for name in ("present_offset", "loose_offset"):
+    if not 0 < getattr(d, name) < d.halo_width:
+      raise ValueError(f"{name}={getattr(d, name)}: need 0 < offset < "
+                       f"halo_width={d.halo_width}")
+
+
+def _place_object(d, rng, top, left, cell):
+  """One object in the `cell`-pixel square cell at (top, left), drawn from `rng`.
+
+  Draws the core radius r, then the centre inside the cell so that the halo
+  stays in it. Returns `(radius, (cy, cx), distance, halo, region)`:
+  `distance` `[S, S]` of every pixel to the centre, `halo` `[S, S]` the
+  object's intensity profile (1 in the core, falling linearly to 0 across the
+  halo), `region` bool `[S, S]` the cell.
+  """
+  size = d.image_size
+  radius = int(rng.integers(d.min_radius, d.max_radius + 1))
+  extent = radius + d.halo_width
+  cy, cx = (int(c) for c in rng.integers(extent, cell - extent, size=2))
+  cy, cx = cy + top, cx + left
+  rows, cols = np.mgrid[:size, :size]
+  distance = np.hypot(rows - cy, cols - cx)
+  halo = np.clip((extent - distance) / d.halo_width, 0.0, 1.0)
+  region = np.zeros((size, size), bool)
+  region[top:top + cell, left:left + cell] = True
+  return radius, (cy, cx), distance, halo, region
+
+
+def _render_image(d, rng, profile):
+  """The uint8 `[S, S, 1]` image of an intensity `profile` in [0, 1], with `rng`'s noise."""
+  intensity = d.background + (d.object_intensity - d.background) * profile
+  intensity = intensity + rng.normal(0.0, d.noise_std, intensity.shape)
+  return np.round(np.clip(intensity, 0.0, 1.0) * 255).astype(np.uint8)[..., None]
+
+
 @dataclasses.dataclass(frozen=True)
 class ObjectsDefinition:
   """The exact generative process of `synthetic_objects` (defaults: S = 32).
@@ -365,13 +405,7 @@ class ObjectsDefinition:
     """Raises ValueError naming the field if the definition is not usable."""
     if self.image_size % 4:
       raise ValueError(f"image_size={self.image_size}: need a multiple of 4")
-    if not 0 < self.min_radius <= self.max_radius:
-      raise ValueError(f"min_radius={self.min_radius}, max_radius={self.max_radius}: "
-                       "need 0 < min_radius <= max_radius")
-    for name in ("present_offset", "loose_offset"):
-      if not 0 < getattr(self, name) < self.halo_width:
-        raise ValueError(f"{name}={getattr(self, name)}: need 0 < offset < "
-                         f"halo_width={self.halo_width}")
+    _validate_objects(self)
     # The halo, centre pixel included, must fit in the quadrant.
     if 2 * (self.max_radius + self.halo_width) + 1 > self.image_size // 2:
       raise ValueError(f"image_size={self.image_size} is too small for objects of radius + "
@@ -405,19 +439,12 @@ def generate_objects_example(definition, seed, split, index):
   d = definition
   rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
   size, half = d.image_size, d.image_size // 2
-  rows, cols = np.mgrid[:size, :size]
   profile = np.zeros((size, size))
   regions, states, radii, centres = [], [], [], []
   for o, (kind, _) in enumerate(d.factors):
-    top, left = (o // 2) * half, (o % 2) * half
-    radius = int(rng.integers(d.min_radius, d.max_radius + 1))
-    extent = radius + d.halo_width
-    cy, cx = (int(c) for c in rng.integers(extent, half - extent, size=2))
-    cy, cx = cy + top, cx + left
-    distance = np.hypot(rows - cy, cols - cx)
-    profile = np.maximum(profile, np.clip((extent - distance) / d.halo_width, 0.0, 1.0))
-    region = np.zeros((size, size), bool)
-    region[top:top + half, left:left + half] = True
+    radius, centre, distance, halo, region = _place_object(
+        d, rng, (o // 2) * half, (o % 2) * half, half)
+    profile = np.maximum(profile, halo)
     if kind == "presence":
       object_states = [np.zeros_like(region), distance <= radius + d.present_offset]
     else:
@@ -425,10 +452,8 @@ def generate_objects_example(definition, seed, split, index):
     regions.append(region)
     states.append(np.stack(object_states, -1) & region[..., None])
     radii.append(radius)
-    centres.append((cy, cx))
-  intensity = d.background + (d.object_intensity - d.background) * profile
-  intensity = intensity + rng.normal(0.0, d.noise_std, intensity.shape)
-  image = np.round(np.clip(intensity, 0.0, 1.0) * 255).astype(np.uint8)
+    centres.append(centre)
+  image = _render_image(d, rng, profile)
 
   states = np.stack(states, axis=2)                                  # [S, S, O, 2]
   candidate_states = d.candidate_states                              # [K, O]
@@ -438,7 +463,7 @@ def generate_objects_example(definition, seed, split, index):
   grader_rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 1])
   grader_candidates = grader_rng.choice(len(probs), size=d.num_graders, p=probs)
   return {
-      "image": image[..., None],
+      "image": image,
       "masks": candidates[..., grader_candidates].astype(np.uint8),
       "candidates": candidates.astype(np.uint8),
       "candidate_probs": probs.astype(np.float32),
@@ -605,13 +630,7 @@ class GridDefinition:
     if self.grid < 1 or self.image_size % self.grid:
       raise ValueError(f"image_size={self.image_size}, grid={self.grid}: need image_size "
                        "a multiple of grid >= 1")
-    if not 0 < self.min_radius <= self.max_radius:
-      raise ValueError(f"min_radius={self.min_radius}, max_radius={self.max_radius}: "
-                       "need 0 < min_radius <= max_radius")
-    for name in ("present_offset", "loose_offset"):
-      if not 0 < getattr(self, name) < self.halo_width:
-        raise ValueError(f"{name}={getattr(self, name)}: need 0 < offset < "
-                         f"halo_width={self.halo_width}")
+    _validate_objects(self)
     # The halo, centre pixel included, must fit in the cell.
     if 2 * (self.max_radius + self.halo_width) + 1 > self.cell_size:
       raise ValueError(f"image_size={self.image_size}, grid={self.grid}: cells of "
@@ -656,19 +675,12 @@ def generate_grid_example(definition, seed, split, index):
   d = definition
   rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
   size, cell = d.image_size, d.cell_size
-  rows, cols = np.mgrid[:size, :size]
   profile = np.zeros((size, size))
   regions, states, radii, centres = [], [], [], []
   for o, (kind, _) in enumerate(d.factors):
-    top, left = (o // d.grid) * cell, (o % d.grid) * cell
-    radius = int(rng.integers(d.min_radius, d.max_radius + 1))
-    extent = radius + d.halo_width
-    cy, cx = (int(c) for c in rng.integers(extent, cell - extent, size=2))
-    cy, cx = cy + top, cx + left
-    distance = np.hypot(rows - cy, cols - cx)
-    profile = np.maximum(profile, np.clip((extent - distance) / d.halo_width, 0.0, 1.0))
-    region = np.zeros((size, size), bool)
-    region[top:top + cell, left:left + cell] = True
+    radius, centre, distance, halo, region = _place_object(
+        d, rng, (o // d.grid) * cell, (o % d.grid) * cell, cell)
+    profile = np.maximum(profile, halo)
     empty = np.zeros_like(region)
     tight, loose = distance <= radius, distance <= radius + d.loose_offset
     object_states = {"presence": [empty, distance <= radius + d.present_offset, empty],
@@ -677,10 +689,8 @@ def generate_grid_example(definition, seed, split, index):
     regions.append(region)
     states.append(np.stack(object_states, -1) & region[..., None])
     radii.append(radius)
-    centres.append((cy, cx))
-  intensity = d.background + (d.object_intensity - d.background) * profile
-  intensity = intensity + rng.normal(0.0, d.noise_std, intensity.shape)
-  image = np.round(np.clip(intensity, 0.0, 1.0) * 255).astype(np.uint8)
+    centres.append(centre)
+  image = _render_image(d, rng, profile)
 
   states = np.stack(states, axis=2)                                  # [S, S, O, 3]
   probs = d.state_probs
@@ -690,7 +700,7 @@ def generate_grid_example(definition, seed, split, index):
   objects = np.arange(d.num_objects)
   masks = np.stack([states[:, :, objects, s].any(-1) for s in grader_states], -1)
   return {
-      "image": image[..., None],
+      "image": image,
       "masks": masks.astype(np.uint8),
       "grader_states": grader_states.astype(np.int32),
       "object_regions": np.stack(regions, -1).astype(np.uint8),
