@@ -9,7 +9,8 @@ passes the same batches to `driver.per_image_scores` on the mesh of all
 devices of all processes; process 0 writes the per-image scores to --out.
 """
 import argparse
-import os
+
+import parallel_worker
 
 NUM_IMAGES = 6
 NUM_SAMPLES = 16
@@ -45,20 +46,10 @@ def scores(batch_size, sample_chunk, mesh=None):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--devices", type=int, default=1)
   parser.add_argument("--batch_size", type=int, default=4)
   parser.add_argument("--sample_chunk", type=int, default=16)
-  parser.add_argument("--process_id", type=int, default=0)
-  parser.add_argument("--num_processes", type=int, default=1)
-  parser.add_argument("--port", type=int, default=0)
-  args = parser.parse_args()
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+  args = parallel_worker.start_jax(parser)
   import jax
-  if args.num_processes > 1:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"localhost:{args.port}",
-                               num_processes=args.num_processes, process_id=args.process_id)
   import numpy as np
   result = scores(args.batch_size, args.sample_chunk)
   assert jax.device_count() == args.devices * args.num_processes, jax.devices()

@@ -13,8 +13,13 @@ import argparse
 import os
 
 
-def main():
-  parser = argparse.ArgumentParser()
+def start_jax(parser):
+  """Parses the workers' common flags (and `parser`'s own), then starts JAX on them.
+
+  `--devices` host-platform CPU devices (set before JAX starts its backend);
+  with `--num_processes` > 1, `jax.distributed` on localhost:`--port` over gloo.
+  Returns the parsed arguments.
+  """
   parser.add_argument("--out", required=True)
   parser.add_argument("--devices", type=int, default=1)
   parser.add_argument("--process_id", type=int, default=0)
@@ -27,6 +32,12 @@ def main():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"localhost:{args.port}",
                                num_processes=args.num_processes, process_id=args.process_id)
+  return args
+
+
+def main():
+  args = start_jax(argparse.ArgumentParser())
+  import jax
   import numpy as np
   import hpunet_jax
 

@@ -66,8 +66,6 @@ FACTOR_PREFIXES = ("object_tvd", "joint_tvd", "mutual_information", "pairwise_mu
 # model is kept in the value so that its id cannot be reused by another object
 # while cached.
 _DEVICE_FNS: dict = {}
-# Cap on the log of a class probability in S_NCC (`metrics.ncc`'s epsilon).
-_LOG_EPSILON = metrics.LOG_EPSILON
 
 
 def image_keys(rng, indices):
@@ -113,7 +111,7 @@ def sample_chunked(model, params, keys, images, *, num_samples, sample_chunk, me
       valid = (sample_ids < num_samples).astype(jnp.float32)[:, None, None, None]
       sum_probs, sum_log = carry
       carry = (sum_probs + (probs * valid).sum(0),
-               sum_log + (jnp.log(probs + _LOG_EPSILON) * valid).sum(0))
+               sum_log + (jnp.log(probs + metrics.LOG_EPSILON) * valid).sum(0))
       return carry, jnp.argmax(logits, -1) == 1
 
     height, width, _ = image.shape
