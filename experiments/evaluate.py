@@ -41,7 +41,7 @@ def main(argv):
   split, num_samples = config.eval.split, protocols.num_samples(config.eval)
   num_examples = protocols.num_examples(config.eval)   # None: the whole split
   say(f"Evaluating on {distributed.describe_devices()}, {config.eval.batch_size} images per "
-      f"batch, {config.eval.get('sample_chunk', driver.DEFAULT_SAMPLE_CHUNK)} samples per image at once.")
+      f"batch, {config.eval.sample_chunk} samples per image at once.")
   results = driver.run_evaluation(model, params, config, split, print_fn=say)
   results.update(step=step, split=split, num_samples=num_samples,
                  protocol=protocols.of_config(config.eval).name)

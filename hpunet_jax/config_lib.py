@@ -241,7 +241,7 @@ def validate(config, *, num_devices=None):
   ev = config.eval
   _require(ev.num_samples >= 1, f"eval.num_samples must be >= 1, got {ev.num_samples}")
   _require(ev.batch_size >= 1, f"eval.batch_size must be >= 1, got {ev.batch_size}")
-  chunk = ev.get("sample_chunk", 10)
+  chunk = ev.sample_chunk
   _require(isinstance(chunk, int) and chunk >= 1,
            f"eval.sample_chunk must be a positive integer, got {chunk!r}")
   _require(ev.get("protocol", "hpunet") in EVAL_PROTOCOLS,

@@ -517,4 +517,4 @@ def run_evaluation(model, params, config, split, *, num_samples=None, num_exampl
   return evaluate(model, params, eval_batches(config, split, num_examples), rng=rng,
                   num_samples=num_samples, num_examples=num_examples,
                   on_batch=progress.update, protocol=protocol,
-                  sample_chunk=config.eval.get("sample_chunk", DEFAULT_SAMPLE_CHUNK), mesh=mesh)
+                  sample_chunk=config.eval.sample_chunk, mesh=mesh)
