@@ -215,3 +215,34 @@ def test_object_store_data_dir_is_read_through_a_local_mirror():
   assert "://" not in mirror and "bucket" in mirror
   config.data_dir = "/shared/tfds"
   assert pipeline._local_data_dir(config) == "/shared/tfds"  # pylint: disable=protected-access
+
+
+def test_a_dataset_another_job_finished_first_is_used(tmp_path, monkeypatch):
+  """Two runs started at once on a fresh machine build the same dataset; the slower one's
+  final rename meets the other's folder and must read that one, not fail."""
+  config = pipeline.default_config()
+  config.name = "synthetic_multiscale/small"
+  config.data_dir = str(tmp_path)
+  real_builder = pipeline._builder
+  calls = []
+
+  def builder_that_loses_the_race(data_config):
+    builder = real_builder(data_config)
+    if not calls:
+      calls.append(1)
+      own_generation = builder._download_and_prepare
+
+      def other_job_finishes_meanwhile(*args, **kwargs):
+        real_builder(data_config).download_and_prepare()   # the other job, done first
+        return own_generation(*args, **kwargs)             # then tfds' rename fails
+      builder._download_and_prepare = other_job_finishes_meanwhile
+    return builder
+
+  monkeypatch.setattr(pipeline, "_builder", builder_that_loses_the_race)
+  pipeline.prepare(config)
+  monkeypatch.setattr(pipeline, "_builder", real_builder)
+  assert real_builder(config).is_prepared()
+  batch = next(pipeline.make_train_iterator(
+      config, global_batch_size=4, seed=0, process_index=0, process_count=1))
+  assert batch["image"].shape == (4, 32, 32, 1)
+  assert not list(tmp_path.rglob("*incomplete*"))

@@ -201,8 +201,17 @@ def prepare(data_config):
     tfds.display_progress_bar(False)
     try:
       builder.download_and_prepare(download_config=download_config)
+    except FileExistsError:
+      # Another job on this machine (a sweep started at once) finished building the same
+      # dataset first: tfds builds in a scratch folder and its final rename found the
+      # other's. That dataset is the one to read; anything else is a real error.
+      if not _builder(data_config).is_prepared():
+        raise
+      logging.info("%s was prepared in %s by another job meanwhile; using it.",
+                   data_config.name, builder.data_dir)
     finally:
       tfds.display_progress_bar(True)
+    builder = _builder(data_config)   # its info, splits included, as written (by either job)
     logging.info("Prepared %s: %s", data_config.name,
                  {s: i.num_examples for s, i in builder.info.splits.items()})
   remote = _remote_dataset_dir(data_config, builder)
