@@ -1,0 +1,30 @@
+"""The release's Prob. U-Net on `synthetic_objects`, at the budget of `configs/synthetic_objects.py`.
+
+    python -m experiments.train --config=configs/prob_unet_objects.py --workdir=runs/objects_prob
+    python -m experiments.evaluate --workdir=runs/objects_prob --config.eval.split=test
+
+The network of `configs/prob_unet.py` (the release's: 3 convs per block, one
+global 6-d latent, three 1x1 convs in f_comb) with 6 levels for the 32x32
+images, at a quarter of the release's widths (8..48 channels), trained with
+the release's ELBO (beta 1, L2 1e-5 on the weights) on the same data, steps,
+batch, optimiser and seed as the HPU-Net of `configs/synthetic_objects.py`
+(`synthetic_objects.shared_settings`). The one-scale HPU-Net ablation on
+this data is `configs/hpunet_one_scale_objects.py`.
+
+`:tiny`: the `small` objects data, 4 levels of 4-8 channels, a few steps.
+"""
+from configs import prob_unet, synthetic_objects
+from hpunet_jax import config_lib
+
+
+def get_config(arg=None):
+  config = config_lib.base_config()
+  try:
+    synthetic_objects.shared_settings(config, arg)
+  except ValueError as e:
+    raise ValueError(f"configs/prob_unet_objects.py: {e}") from None
+  prob_unet.release_model(config, tuple(c // 4 for c in prob_unet.RELEASE_CHANNELS[:6]))
+  if arg == "tiny":
+    config.model.prob_unet.channels = (4, 8, 8, 8)
+    config.model.prob_unet.convs_per_block = 2
+  return config
