@@ -76,7 +76,7 @@ PARAMS = {}
 def test_a_sampler_of_the_truth_scores_its_floors():
   results = driver.evaluate(ObjectStub(), PARAMS, [BATCH], rng=jax.random.key(0),
                                 num_bootstrap=100)
-  assert results["fidelity"] == 1.0
+  assert results["fidelity"] == 1.0 and results["clean_rate"] == 1.0
   for o in range(3):
     assert results[f"fidelity_{o}"] == 1.0
     assert results[f"object_tvd_{o}"] < 0.12

@@ -37,6 +37,7 @@ def test_exact_reproduction_of_the_truth_scores_zero():
   assert scores["joint_tvd"] == pytest.approx(0.0, abs=1e-12)
   assert scores["mutual_information"] == pytest.approx(0.0, abs=1e-12)
   np.testing.assert_allclose(scores["fidelity"], [1.0, 1.0])
+  np.testing.assert_allclose(scores["clean_rate"], [1.0, 1.0])
 
 
 def test_perfectly_correlated_fair_objects_have_mutual_information_log_2():
@@ -59,6 +60,7 @@ def test_object_tvd_and_fidelity_of_drifting_and_fragmentary_samples():
   np.testing.assert_array_equal(scores["states"], [[1, 0]] * 4)
   np.testing.assert_allclose(scores["object_tvd"], [0.3, 0.4])
   np.testing.assert_allclose(scores["fidelity"], [1.0, 0.5])
+  np.testing.assert_allclose(scores["clean_rate"], [1.0, 0.0])
   # Joint truth (0.18, 0.12, 0.42, 0.28) against all mass on (1, 0).
   assert scores["joint_tvd"] == pytest.approx(1.0 - 0.42)
   assert scores["mutual_information"] == pytest.approx(0.0, abs=1e-12)
@@ -83,6 +85,23 @@ def test_assignment_looks_only_inside_each_region():
   scores = exact.factor_scores(near[None], REGIONS, STATES, probs)
   np.testing.assert_array_equal(scores["states"], [[1, 1]])
   np.testing.assert_allclose(scores["fidelity"], [6 / 7, 1.0])
+  np.testing.assert_allclose(scores["clean_rate"], [0.0, 1.0])   # 6/7 < 0.9
+
+
+def test_clean_rate_counts_samples_drawn_as_one_of_the_states():
+  probs = np.full((2, 2), 0.5)
+  # Object 0 absent, then present, then a one-pixel speck of the present
+  # square (assigned present at IoU 1/6: not clean), then present; object 1
+  # tight, loose, tight, and loose with one pixel more (IoU 16/17 >= 0.9: clean).
+  speck = _sample((0, 0))
+  speck[2, 1] = True
+  grown = _sample((1, 1))
+  grown[0, 4] = True
+  scores = exact.factor_scores(np.stack([_sample((0, 0)), _sample((1, 1)), speck, grown]),
+                               REGIONS, STATES, probs)
+  np.testing.assert_array_equal(scores["states"], [[0, 0], [1, 1], [1, 0], [1, 1]])
+  np.testing.assert_allclose(scores["fidelity"], [(3 + 1 / 6) / 4, (3 + 16 / 17) / 4])
+  np.testing.assert_allclose(scores["clean_rate"], [0.75, 1.0])
 
 
 def test_total_correlation_of_three_objects():

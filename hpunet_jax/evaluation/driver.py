@@ -60,7 +60,7 @@ OBJECT_KEYS = ("object_regions", "object_states", "object_state_probs")
 # Per-image keys of the per-object scores (`_factor_scores`), suffixed `_<o>`
 # per object where they are per object.
 FACTOR_PREFIXES = ("object_tvd", "joint_tvd", "mutual_information", "pairwise_mutual_information",
-                   "fidelity", "frequency")
+                   "fidelity", "clean_rate", "frequency")
 
 # Jitted device functions, keyed by (id(model), num_samples, sample_chunk, mesh). The
 # model is kept in the value so that its id cannot be reused by another object
@@ -247,6 +247,7 @@ def _factor_scores(iou_ons, state_probs, num_samples) -> dict:
           "pairwise_mutual_information": scores["pairwise_mutual_information"],
           "pairwise_mutual_information_floor": floors["pairwise_mutual_information"],
           "fidelity": float(np.mean(scores["fidelity"])),
+          "clean_rate": float(np.mean(scores["clean_rate"])),
           "object_tvd_mean": float(np.mean(scores["object_tvd"])),
           "object_tvd_mean_floor": float(np.mean(floors["object_tvd"])),
           "object_tvd_max": float(np.max(scores["object_tvd"]))}
@@ -254,6 +255,7 @@ def _factor_scores(iou_ons, state_probs, num_samples) -> dict:
     flat[f"object_tvd_{o}"] = scores["object_tvd"][o]
     flat[f"object_tvd_floor_{o}"] = floors["object_tvd"][o]
     flat[f"fidelity_{o}"] = scores["fidelity"][o]
+    flat[f"clean_rate_{o}"] = scores["clean_rate"][o]
     for s, frequency in enumerate(scores["frequencies"][o]):
       flat[f"frequency_{o}_{s}"] = frequency
   return flat

@@ -276,6 +276,11 @@ def joint_tvd(states, state_probs) -> float:
   return float(0.5 * (np.abs(frequencies - probs).sum() + 1.0 - probs.sum()))
 
 
+# The least IoU with its assigned state at which a sample draws an object cleanly
+# (`clean_rate`); the same threshold as `match_statistics`' default.
+CLEAN_IOU = 0.9
+
+
 def factor_scores_from_iou(iou_ons, state_probs) -> dict:
   """`factor_scores` from the `[O, N, S]` matrix of `object_state_iou`."""
   iou_ons = np.asarray(iou_ons, np.float64)
@@ -290,6 +295,7 @@ def factor_scores_from_iou(iou_ons, state_probs) -> dict:
   iou_ons = np.where(state_probs[:, None, :] > 0, iou_ons, -1.0)
   states = np.argmax(iou_ons, axis=-1).T                             # [N, O]
   fidelity = iou_ons.max(-1).mean(-1)                                # [O]
+  clean_rate = (iou_ons.max(-1) >= CLEAN_IOU).mean(-1)               # [O]
   frequencies = np.stack([np.bincount(states[:, o], minlength=num_states) / num_samples
                           for o in range(num_objects)])              # [O, S]
   object_tvd = 0.5 * np.abs(frequencies - state_probs).sum(-1)
@@ -297,7 +303,7 @@ def factor_scores_from_iou(iou_ons, state_probs) -> dict:
               joint_tvd=joint_tvd(states, state_probs),
               mutual_information=total_correlation(states, num_states),
               pairwise_mutual_information=mean_pairwise_mutual_information(states, num_states),
-              fidelity=fidelity)
+              fidelity=fidelity, clean_rate=clean_rate)
 
 
 def factor_scores(samples, regions, state_masks, state_probs) -> dict:
@@ -328,7 +334,11 @@ def factor_scores(samples, regions, state_masks, state_probs) -> dict:
         `factor_score_floors`);
       `pairwise_mutual_information`: `mean_pairwise_mutual_information` of the
         assigned states (nats; also 0 in the truth, biased upwards likewise);
-      `fidelity`: `[O]` mean over samples of the IoU with the assigned state.
+      `fidelity`: `[O]` mean over samples of the IoU with the assigned state;
+      `clean_rate`: `[O]` share of samples whose IoU with the assigned state
+        is at least `CLEAN_IOU` (0.9): the object drawn as one of its states,
+        not as something between two (a speck where it is absent, a disc
+        between two radii).
   """
   return factor_scores_from_iou(object_state_iou(samples, regions, state_masks), state_probs)
 

@@ -4,6 +4,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from hpunet_jax.evaluation import exact
 from hpunet_jax.evaluation.driver import NAN_KEYS, ORDER
 
 
@@ -97,9 +98,12 @@ def format_factor_scores(results: Mapping[str, Any]) -> str:
     lines.append(f"  pairwise MI (mean)  {cell('pairwise_mutual_information')}"
                  f"{floor('pairwise_mutual_information_floor', ' nats')}")
   lines.append(f"  fidelity (mean)     {cell('fidelity')}")
+  if "clean_rate" in results:
+    lines.append(f"  clean rate (mean)   {cell('clean_rate')}  (IoU >= {exact.CLEAN_IOU} with the "
+                 "assigned state)")
   if num_objects > MAX_OBJECTS_PRINTED:
     lines.append(f"  (per-object values of the {num_objects} objects: object_tvd_<o>, "
-                 "fidelity_<o>, frequency_<o>_<s> in evaluation.json)")
+                 "fidelity_<o>, clean_rate_<o>, frequency_<o>_<s> in evaluation.json)")
     return "\n".join(lines)
   for o in range(num_objects):
     frequencies = []
