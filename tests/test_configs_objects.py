@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from configs import hpunet_one_scale_objects, synthetic_objects
+from configs import hpunet_one_scale_objects, prob_unet_objects, synthetic_objects
 from hpunet_jax import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +32,19 @@ def test_configs_are_valid_and_differ_only_where_documented():
   for group in ("optim", "train", "data"):
     assert hpu[group].to_dict() == prob[group].to_dict(), group
   assert synthetic_objects.get_config("tiny").data.name == "synthetic_objects/small"
+  # The release's Prob. U-Net at the HPU-Net's budget: only the model and its loss differ.
+  release = prob_unet_objects.get_config()
+  config_lib.validate(release)
+  assert (release.model.name, release.model.prob_unet.channels) == (
+      "prob_unet", (8, 16, 32, 48, 48, 48))
+  assert (release.loss.type, release.loss.beta, release.loss.l2_weight) == ("elbo", 1.0, 1e-5)
+  for group in ("optim", "train", "data", "eval"):
+    assert hpu[group].to_dict() == release[group].to_dict(), group
+  for arg in ("tiny", None):
+    assert (prob_unet_objects.get_config(arg).train.to_dict()
+            == synthetic_objects.get_config(arg).train.to_dict())
+  with pytest.raises(ValueError, match="prob_unet_objects.py: unknown argument"):
+    prob_unet_objects.get_config("huge")
   with pytest.raises(ValueError, match="unknown argument"):
     synthetic_objects.get_config("huge")
 
