@@ -134,12 +134,25 @@ def update_moving_average(state: GecoState, value, decay):
   return GecoState(average, jnp.ones((), jnp.bool_)), moving_average_value_grad(average, value)
 
 
+def posterior_width(posterior, prior):
+  """Mean over the batch and the latent map of `sigma_posterior / sigma_prior`.
+
+  Far below 1 (say 0.03), the posterior codes each label in a spike that
+  covers a sliver of the prior: the decoder is trained on those slivers only,
+  and prior samples between them decode to masks between two labels.
+  """
+  ratio = jnp.exp(posterior.log_sigma.astype(jnp.float32) - prior.log_sigma.astype(jnp.float32))
+  return jnp.mean(jax.lax.stop_gradient(ratio))
+
+
 def objective(outputs, segmentations, *, loss_config, geco_state, lagrange_raw, rng,
               mask=None):
   """The training loss and its metrics.
 
   Args:
-    outputs: `forward`'s dict (`logits` and per-scale `kl` `[B]`).
+    outputs: `forward`'s dict (`logits`, per-scale `kl` `[B]`, and the
+      per-scale `posterior` and `prior` Gaussians, which give the
+      `posterior_width_<i>` metrics; without them there are none).
     segmentations: one-hot `[B, H, W, K]`.
     loss_config: the `loss` config group (`type`, `beta`, `kappa`, `decay`,
       `rate`, `top_k_percentage`, `deterministic_top_k`).
@@ -162,6 +175,8 @@ def objective(outputs, segmentations, *, loss_config, geco_state, lagrange_raw, 
   metrics = dict(rec_sum=rec.rec_sum, rec_mean=rec.rec_mean, kl_sum=kl_sum)
   for i, kl in enumerate(kl_per_scale):
     metrics[f"kl_{i}"] = kl
+  for i, (q, p) in enumerate(zip(outputs.get("posterior", ()), outputs.get("prior", ()))):
+    metrics[f"posterior_width_{i}"] = posterior_width(q, p)
   if loss_config.type == "elbo":
     loss = rec.rec_sum + loss_config.beta * kl_sum
     new_geco_state = geco_state

@@ -106,6 +106,19 @@ def test_geco_objective_uses_mask_sum_after_top_k():
   np.testing.assert_allclose(metrics["rec_constraint"], metrics["rec_sum"] - 0.05 * 32, rtol=1e-5)
   np.testing.assert_allclose(loss, metrics["rec_constraint"] + metrics["kl_sum"], rtol=1e-5)
   assert bool(geco.initialized)
+  q, p = outputs["posterior"][0], outputs["prior"][0]
+  np.testing.assert_allclose(metrics["posterior_width_0"],
+                             np.mean(np.exp(q.log_sigma - p.log_sigma)), rtol=1e-5)
+  assert "posterior_width_1" not in metrics   # one scale
+
+
+def test_posterior_width_is_the_mean_sigma_ratio():
+  from hpunet_jax.model.layers import Gaussian
+  log = lambda x: jnp.log(jnp.asarray(x, jnp.float32))
+  prior = Gaussian(jnp.zeros((1, 1, 2, 1)), log([[[[1.0], [2.0]]]]))
+  spikes = Gaussian(jnp.ones((1, 1, 2, 1)), log([[[[0.03], [0.06]]]]))
+  np.testing.assert_allclose(objective.posterior_width(spikes, prior), 0.03, rtol=1e-5)
+  np.testing.assert_allclose(objective.posterior_width(prior, prior), 1.0, rtol=1e-6)
 
 
 def test_kl_gradient_reaches_prior_and_posterior():

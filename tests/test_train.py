@@ -53,7 +53,8 @@ def test_fifty_steps_reduce_reconstruction_loss():
   first = np.mean([m["rec_sum"] for m in history[:5]])
   last = np.mean([m["rec_sum"] for m in history[-5:]])
   assert last < 0.7 * first, (first, last)
-  for key in ("loss", "rec_sum", "rec_mean", "kl_sum", "kl_0", "kl_1", "lagmul",
+  for key in ("loss", "rec_sum", "rec_mean", "kl_sum", "kl_0", "kl_1", "posterior_width_0",
+              "posterior_width_1", "lagmul",
               "rec_moving_average", "rec_constraint", "grad_norm", "learning_rate"):
     assert key in history[-1] and np.isfinite(history[-1][key]), key
 
