@@ -74,6 +74,16 @@ def release_model(config, channels):
   config.loss.l2_weight = 1e-5
 
 
+def quarter_release(config, arg, num_levels):
+  """`release_model` at a quarter of the release's widths on its first `num_levels` levels, as
+  the CPU-sized comparisons use it; `:tiny` shrinks it to 4 levels of 4-8 channels, 2 convs."""
+  release_model(config, tuple(c // 4 for c in RELEASE_CHANNELS[:num_levels]))
+  if arg == "tiny":
+    config.model.prob_unet.channels = (4, 8, 8, 8)
+    config.model.prob_unet.convs_per_block = 2
+  return config
+
+
 def get_config(arg=None):
   if arg == "lidc":
     config = lidc.get_config()
@@ -87,9 +97,4 @@ def get_config(arg=None):
   if arg not in (None, "", "tiny"):
     raise ValueError(f"configs/prob_unet.py: unknown argument {arg!r} "
                      "(use 'tiny', 'lidc' or nothing)")
-  config = synthetic.get_config(arg)
-  release_model(config, tuple(c // 4 for c in RELEASE_CHANNELS))
-  if arg == "tiny":
-    config.model.prob_unet.channels = (4, 8, 8, 8)
-    config.model.prob_unet.convs_per_block = 2
-  return config
+  return quarter_release(synthetic.get_config(arg), arg, len(RELEASE_CHANNELS))

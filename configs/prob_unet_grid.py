@@ -17,18 +17,11 @@ three-state objects 0.004 (truth 0.30), IoU_rec 0.59.
 
 `:tiny`: the `small` grid data, 4 levels of 4-8 channels, a few steps.
 """
+import configs
 from configs import prob_unet, synthetic_grid
-from hpunet_jax import config_lib
 
 
 def get_config(arg=None):
-  config = config_lib.base_config()
-  try:
-    synthetic_grid.shared_settings(config, arg)
-  except ValueError as e:
-    raise ValueError(f"configs/prob_unet_grid.py: {e}") from None
-  prob_unet.release_model(config, tuple(c // 4 for c in prob_unet.RELEASE_CHANNELS))
-  if arg == "tiny":
-    config.model.prob_unet.channels = (4, 8, 8, 8)
-    config.model.prob_unet.convs_per_block = 2
-  return config
+  config = configs.with_shared_settings(synthetic_grid.shared_settings, arg,
+                                       "configs/prob_unet_grid.py")
+  return prob_unet.quarter_release(config, arg, len(prob_unet.RELEASE_CHANNELS))

@@ -1,4 +1,4 @@
-"""The release's Prob. U-Net on `synthetic_objects`, at the budget of `configs/synthetic_objects.py`.
+"""The release's Prob. U-Net on `synthetic_objects` at the budget of `configs/synthetic_objects.py`.
 
     python -m experiments.train --config=configs/prob_unet_objects.py --workdir=runs/objects_prob
     python -m experiments.evaluate --workdir=runs/objects_prob --config.eval.split=test
@@ -13,18 +13,11 @@ this data is `configs/hpunet_one_scale_objects.py`.
 
 `:tiny`: the `small` objects data, 4 levels of 4-8 channels, a few steps.
 """
+import configs
 from configs import prob_unet, synthetic_objects
-from hpunet_jax import config_lib
 
 
 def get_config(arg=None):
-  config = config_lib.base_config()
-  try:
-    synthetic_objects.shared_settings(config, arg)
-  except ValueError as e:
-    raise ValueError(f"configs/prob_unet_objects.py: {e}") from None
-  prob_unet.release_model(config, tuple(c // 4 for c in prob_unet.RELEASE_CHANNELS[:6]))
-  if arg == "tiny":
-    config.model.prob_unet.channels = (4, 8, 8, 8)
-    config.model.prob_unet.convs_per_block = 2
-  return config
+  config = configs.with_shared_settings(synthetic_objects.shared_settings, arg,
+                                       "configs/prob_unet_objects.py")
+  return prob_unet.quarter_release(config, arg, 6)

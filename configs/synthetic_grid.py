@@ -25,7 +25,7 @@ on the 4x4 latent. The first recipe, GECO with kappa 0.02
 `--config=configs/synthetic_grid.py:tiny` shrinks everything (the `small`
 data, a few steps) for smoke tests.
 """
-from hpunet_jax import config_lib
+import configs
 
 # The budget both grid configs share (configs/prob_unet_grid.py reads it).
 NUM_STEPS = 2000
@@ -73,11 +73,7 @@ def shared_settings(config, arg):
 
 
 def get_config(arg=None):
-  config = config_lib.base_config()
-  try:
-    shared_settings(config, arg)
-  except ValueError as e:
-    raise ValueError(f"configs/synthetic_grid.py: {e}") from None
+  config = configs.with_shared_settings(shared_settings, arg, "configs/synthetic_grid.py")
 
   # 64x64 down to 1x1 in 7 levels; latents at 1x1, 2x2 and 4x4 (one cell per object).
   config.model.channels_per_block = (8, 16, 16, 16, 16, 16, 16)

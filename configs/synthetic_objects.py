@@ -18,7 +18,7 @@ normalised exact GED 0.028; the 2x2 latent carries all three objects' factors.
 `--config=configs/synthetic_objects.py:tiny` shrinks everything (the `small`
 data, a few steps) for smoke tests.
 """
-from hpunet_jax import config_lib
+import configs
 
 # Measured on the first 100 test images after the full schedule (docs/results.md).
 EXPECTED = dict(object_tvd_0=0.037, object_tvd_1=0.069, object_tvd_2=0.069, joint_tvd=0.128,
@@ -68,11 +68,7 @@ def shared_settings(config, arg):
 
 
 def get_config(arg=None):
-  config = config_lib.base_config()
-  try:
-    shared_settings(config, arg)
-  except ValueError as e:
-    raise ValueError(f"configs/synthetic_objects.py: {e}") from None
+  config = configs.with_shared_settings(shared_settings, arg, "configs/synthetic_objects.py")
 
   # 32x32 down to 1x1 in 6 levels; latents at 1x1, 2x2 (one cell per object)
   # and 4x4.
