@@ -95,3 +95,25 @@ def test_training_names_stay_importable_from_the_package():
   assert hpunet_jax.TrainState is state.TrainState
   assert hpunet_jax.parallel.make_mesh
   assert hpunet_jax.config_lib.base_config
+
+
+def test_no_model_module_imports_another_and_each_is_registered():
+  from hpunet_jax.model import registry   # pylint: disable=g-import-not-at-top
+  model_modules = {spec.build.__module__ for spec in registry.MODELS.values()}
+  assert model_modules == {"hpunet_jax.model.hpunet", "hpunet_jax.model.prob_unet"}
+  for module in model_modules:
+    path = PACKAGE / "model" / (module.rsplit(".", 1)[1] + ".py")
+    imported = set(_imports(path))
+    imported |= {f"hpunet_jax.model.{name}" for name in _model_names_imported(path)}
+    others = (model_modules - {module}) | {"hpunet_jax.model.registry"}
+    assert not imported & others, f"{path.name} imports {imported & others}"
+  # Every registered model's config class is what `name_of` finds, and builds.
+  for name, spec in registry.MODELS.items():
+    assert registry.name_of(spec.config_cls()) == name
+
+
+def _model_names_imported(path):
+  """`from hpunet_jax.model import x, y` -> x, y."""
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module == "hpunet_jax.model":
+      yield from (alias.name for alias in node.names)

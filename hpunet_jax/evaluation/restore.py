@@ -15,8 +15,6 @@ from hpunet_jax.model import make_model
 
 # Where the network's parameters sit in a checkpoint's train state.
 NET_PARAMS = ("params", "net")
-# The first convolution of the prior sees the image: its input channels are the image's.
-_FIRST_PRIOR_CONV = "hpunet/~/prior/encoder_level_0_block_0/conv_0"
 
 
 def local_copy(tree):
@@ -26,8 +24,11 @@ def local_copy(tree):
 
 def check_params_fit(model, params, where):
   """Raises a ValueError naming the first parameter of `params` that `model` does not have."""
-  channels = params.get(_FIRST_PRIOR_CONV, {}).get("w")
-  channels = channels.shape[2] if channels is not None else 1
+  try:
+    channels = model.input_channels(params)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e} (model.name of the config); use the model config it was "
+                     "trained with") from None
   size = model.config.size_multiple
   images = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
   segs = jax.ShapeDtypeStruct((1, size, size, model.config.num_classes), jnp.float32)

@@ -1,13 +1,13 @@
-"""The Hierarchical Probabilistic U-Net (Kohl et al. 2019) as Haiku modules.
+"""The Hierarchical Probabilistic U-Net (Kohl et al. 2019): its config and its Haiku modules.
 
 Layer for layer the network of DeepMind's TF1/Sonnet release
 (`hierarchical_probabilistic_unet`): a pre-activated residual block, the
 hierarchical core used both as prior `p(z|x)` and as posterior `q(z|x,y)`, and
 the stitching decoder `f_comb` that turns the prior's features into logits.
 
-`make_model(config)` wraps the modules in pure functions (`init`, `sample`,
-`reconstruct`, `forward`) that take parameters explicitly; nothing here keeps
-state.
+`build(config)` hands the modules to `base.build_model`, which gives them the
+pure functions every model has (`init`, `sample`, `reconstruct`, `forward`);
+nothing here keeps state. `hpunet_jax.model.make_model` is the way in.
 
 The posterior's residual blocks after its last latent scale feed nothing any
 loss uses, but the release builds them, so this package builds them too: the
@@ -15,19 +15,120 @@ parameter count is the release's (21,877,230 at the LIDC defaults). Under `jit`
 XLA removes their forward computation because nothing reads it.
 """
 import dataclasses
-import functools
-from typing import Any, Callable, NamedTuple
+from typing import ClassVar, NamedTuple, Sequence
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpunet_jax.model.config import COMPUTE_DTYPES, HPUNetConfig, ProbUNetConfig
-from hpunet_jax.model.cpu_conv import CPU_GEMM_WEIGHT_GRAD_SIZES
-from hpunet_jax.model.init import host_init
+from hpunet_jax.model import base
+from hpunet_jax.model.config import (COMPUTE_DTYPES, check_common, from_dict, positive_int,
+                                     positive_tuple)
 from hpunet_jax.model.layers import (Conv, Gaussian, downsample, in_compute_dtype, kl_divergence,
                                      res_stack, upsample)
+
+OWNER = "HPUNetConfig"
+# The first convolution of the prior sees the image alone: its input channels are the image's.
+IMAGE_CONV = "hpunet/~/prior/encoder_level_0_block_0/conv_0"
+
+
+@dataclasses.dataclass(frozen=True)
+class HPUNetConfig:
+  """Sizes of the HPU-Net; the defaults are the release's LIDC setting.
+
+  Attributes:
+    latent_dims: latent channels per scale, coarsest first. Scale `i` has
+      spatial size `H / 2**(L - 1 - i)` with `L = len(channels_per_block)`.
+    channels_per_block: output channels of the residual blocks at each level,
+      finest first; levels are separated by 2x2 average pooling.
+    down_channels_per_block: inner channels of the blocks per level; None means
+      half of `channels_per_block` (the release falls back to half of its
+      *default* channels, which is a bug for other sizes).
+    num_classes: segmentation classes (2: background, foreground).
+    convs_per_block: 3x3 convolutions per residual block.
+    blocks_per_level: residual blocks per level.
+    activation: one of `ACTIVATIONS`.
+    compute_dtype: 'float32' or 'bfloat16'; parameters stay float32, the
+      convolutions run in this dtype, Gaussians and logits come out float32.
+    remat: recompute each residual block's activations in the backward pass
+      instead of storing them (less memory, more compute).
+    max_abs_log_sigma: if set, clip `log_sigma` to this magnitude before use
+      (other ports clip at 10 to avoid `exp` overflow); None, as the release.
+    gemm_weight_grad_sizes: feature-map heights at which the 3x3 convolutions
+      compute their weight gradient as one GEMM (see `Conv`) instead of XLA's
+      convolution: the same values, only a speed choice. None: `make_model`
+      uses `CPU_GEMM_WEIGHT_GRAD_SIZES` on CPU and () elsewhere.
+  """
+  # The field whose length (the levels) sets `size_multiple`.
+  LEVELS_FIELD: ClassVar[str] = "channels_per_block"
+
+  latent_dims: Sequence[int] = (1, 1, 1, 1)
+  channels_per_block: Sequence[int] = (24, 48, 96, 192, 192, 192, 192, 192)
+  down_channels_per_block: Sequence[int] | None = None
+  num_classes: int = 2
+  convs_per_block: int = 3
+  blocks_per_level: int = 3
+  activation: str = "relu"
+  compute_dtype: str = "float32"
+  remat: bool = False
+  max_abs_log_sigma: float | None = None
+  gemm_weight_grad_sizes: Sequence[int] | None = None
+
+  def __post_init__(self):
+    set_ = lambda k, v: object.__setattr__(self, k, v)
+    set_("channels_per_block", positive_tuple("channels_per_block", self.channels_per_block,
+                                              owner=OWNER))
+    set_("latent_dims", positive_tuple("latent_dims", self.latent_dims, owner=OWNER))
+    num_levels = len(self.channels_per_block)
+    if len(self.latent_dims) > num_levels - 1:
+      raise ValueError(
+          f"HPUNetConfig.latent_dims has {len(self.latent_dims)} scales but "
+          f"channels_per_block has {num_levels} levels: at most levels - 1 = "
+          f"{num_levels - 1} latent scales fit")
+    if self.down_channels_per_block is None:
+      set_("down_channels_per_block", tuple(max(1, c // 2) for c in self.channels_per_block))
+    else:
+      set_("down_channels_per_block",
+           positive_tuple("down_channels_per_block", self.down_channels_per_block, owner=OWNER))
+      if len(self.down_channels_per_block) != num_levels:
+        raise ValueError(
+            f"HPUNetConfig.down_channels_per_block has {len(self.down_channels_per_block)} "
+            f"entries but channels_per_block has {num_levels}")
+    for name in ("convs_per_block", "blocks_per_level"):
+      positive_int(self, name)
+    check_common(self)
+    if self.max_abs_log_sigma is not None and not self.max_abs_log_sigma > 0:
+      raise ValueError(f"HPUNetConfig.max_abs_log_sigma must be positive or None, "
+                       f"got {self.max_abs_log_sigma!r}")
+
+  @property
+  def num_levels(self) -> int:
+    return len(self.channels_per_block)
+
+  @property
+  def num_scales(self) -> int:
+    return len(self.latent_dims)
+
+  @property
+  def size_multiple(self) -> int:
+    """Image height and width must be multiples of this."""
+    return 2 ** (self.num_levels - 1)
+
+  def latent_shapes(self, height, width):
+    """Spatial shape `(h, w, c)` of each latent scale, coarsest first."""
+    return [(height // 2 ** (self.num_levels - 1 - i), width // 2 ** (self.num_levels - 1 - i), d)
+            for i, d in enumerate(self.latent_dims)]
+
+  @classmethod
+  def from_dict(cls, values, *, prefix="model", allowed=None):
+    """Builds a config from a mapping (e.g. the `model` ConfigDict group).
+
+    Keys outside `allowed` (default: every field) raise a ValueError naming
+    `<prefix>.<key>`.
+    """
+    return from_dict(cls, values, prefix, allowed)
+
 
 
 class CoreOutput(NamedTuple):
@@ -148,73 +249,8 @@ class HPUNet(hk.Module):
                 posterior_latents=posterior.latents, kl=kl)
 
 
-def normalise_mean(mean, num_scales):
-  """`mean` as a tuple of one bool per scale (accepts a bool or a sequence)."""
-  if isinstance(mean, (bool, np.bool_)):
-    return (bool(mean),) * num_scales
-  mean = tuple(bool(m) for m in mean)
-  if len(mean) != num_scales:
-    raise ValueError(f"mean has {len(mean)} entries but the model has {num_scales} latent "
-                     f"scales (one bool per scale, coarsest first)")
-  return mean
-
-
-class Model(NamedTuple):
-  """Pure functions of a model (the HPU-Net or the Prob. U-Net); see `make_model`."""
-  config: Any                  # HPUNetConfig or ProbUNetConfig
-  init: Callable[..., Any]
-  sample: Callable[..., jax.Array]
-  reconstruct: Callable[..., jax.Array]
-  forward: Callable[..., dict]
-  check_inputs: Callable[..., None]
-  # (params, weight) -> the release's L2 penalty of this model: each release
-  # regularises different parameters (`l2_penalty`, `prob_unet.l2_penalty`).
-  l2_penalty: Callable[..., jax.Array]
-
-
-def make_model(config: HPUNetConfig | None = None) -> Model:
-  """Builds the pure functions of an HPU-Net (one `Model` per distinct config).
-
-  A `ProbUNetConfig` builds the Prob. U-Net instead (`prob_unet.make_prob_unet`),
-  behind the same functions.
-
-  Returns a `Model` with:
-    init(rng, images, segmentations) -> params
-    sample(params, rng, images, *, num_samples=1, mean=False, latents=None)
-        -> logits `[num_samples, B, H, W, num_classes]` from the prior. `mean`
-        is a bool or one bool per scale (coarsest first); scales at their mean
-        do not vary. `latents`, as the release's `sample(img, mean, z_q)`,
-        fixes scales to given values: one entry per scale, an array
-        `[B, h_i, w_i, latent_dims[i]]` (shapes: `config.latent_shapes(H, W)`;
-        e.g. `forward(...)['posterior_latents'][i]`, or an interpolation) for
-        the scales the caller fixes, shared by all samples, and None for the
-        others, which follow `mean`. Vectorised over samples with `vmap` over
-        split keys; jit it with `num_samples` and `mean` static.
-    reconstruct(params, rng, images, segmentations, *, mean=False)
-        -> logits `[B, H, W, num_classes]`: the posterior's latents (sampled,
-        or its means) fed to the prior, then f_comb.
-    forward(params, rng, images, segmentations, *, mean=False) -> dict with
-        `logits`, per-scale `prior`/`posterior` Gaussians and per-scale `kl`.
-  `images` are float32 `[B, H, W, C]`, `segmentations` one-hot float32
-  `[B, H, W, num_classes]`; H and W must be multiples of
-  `config.size_multiple`. `l2_penalty(params, weight)` is the release's
-  regulariser (see `l2_penalty`).
-  """
-  if isinstance(config, ProbUNetConfig):
-    from hpunet_jax.model import prob_unet  # pylint: disable=g-import-not-at-top
-    return prob_unet.make_prob_unet(config)
-  config = config or HPUNetConfig()
-  if config.gemm_weight_grad_sizes is None:
-    on_cpu = jax.default_backend() == "cpu"
-    config = dataclasses.replace(
-        config, gemm_weight_grad_sizes=CPU_GEMM_WEIGHT_GRAD_SIZES if on_cpu else ())
-  return _make_model(config)
-
-
-@functools.lru_cache(maxsize=32)
-def _make_model(config: HPUNetConfig) -> Model:
-  # Cached so that every caller with the same config shares the jitted
-  # functions and their compilations.
+def build(config: HPUNetConfig) -> base.Model:
+  """The `Model` of an HPU-Net (see `base.build_model`); use `hpunet_jax.model.make_model`."""
 
   def _fns():
     net = HPUNet(config)
@@ -226,73 +262,16 @@ def _make_model(config: HPUNetConfig) -> Model:
     return init, (net.sample, net.forward)
 
   transformed = hk.multi_transform(_fns)
-  apply_sample, apply_forward = transformed.apply
+  apply_sample = transformed.apply[0]
 
-  def check_inputs(images, segmentations=None):
-    shape = getattr(images, "shape", None)
-    if shape is None or len(shape) != 4:
-      raise ValueError(f"images must be [B, H, W, C], got shape {shape}")
-    _, height, width, _ = shape
-    m = config.size_multiple
-    for name, size in (("height", height), ("width", width)):
-      if size % m or size == 0:
-        raise ValueError(
-            f"image {name} {size} is not a multiple of 2**(len(channels_per_block) - 1) = {m} "
-            f"({config.num_levels} levels); sizes that work: {m}, {2 * m}, {3 * m}, {4 * m}, ...")
-    if segmentations is not None:
-      seg_shape = getattr(segmentations, "shape", None)
-      expected = tuple(shape[:3]) + (config.num_classes,)
-      if seg_shape is None or tuple(seg_shape) != expected:
-        raise ValueError(f"segmentations must be one-hot [B, H, W, num_classes] = {expected}, "
-                         f"got {seg_shape}")
-
-  # Jitted once here: Haiku executed op by op is slow, and every function is pure.
-  @functools.partial(jax.jit, static_argnames=("num_samples", "mean"))
-  def jit_sample(params, rng, images, latents, num_samples, mean):
+  def sample_fn(params, rng, images, latents, num_samples, mean):
     keys = jax.random.split(rng, num_samples)
     # The prior's encoder does not depend on the key, so vmap leaves it unbatched:
     # it runs once for all samples.
     return jax.vmap(lambda k: apply_sample(params, k, images, mean, latents))(keys)
 
-  jit_forward = jax.jit(apply_forward, static_argnums=4)
-
-  def init(rng, images, segmentations):
-    check_inputs(images, segmentations)
-    if any(isinstance(x, jax.core.Tracer) for x in (rng, images, segmentations)):
-      # Traced (inside jit or eval_shape): Haiku's own initialisers, in the graph.
-      return transformed.init(rng, images, segmentations)
-    abstract = jax.eval_shape(transformed.init, rng, images, segmentations)
-    return host_init(rng, abstract)
-
-  def check_latents(images, latents):
-    if latents is None:
-      return None
-    latents = list(latents)
-    if len(latents) != config.num_scales:
-      raise ValueError(f"latents has {len(latents)} entries but the model has "
-                       f"{config.num_scales} latent scales (one per scale, coarsest first; "
-                       "None for a scale left free)")
-    batch, height, width, _ = images.shape
-    for i, (z, shape) in enumerate(zip(latents, config.latent_shapes(height, width))):
-      if z is not None and tuple(getattr(z, "shape", ())) != (batch,) + tuple(shape):
-        raise ValueError(f"latents[{i}] must have shape {(batch,) + tuple(shape)} "
-                         f"[B, h, w, latent_dims[{i}]], got {getattr(z, 'shape', None)}")
-    return [None if z is None else jnp.asarray(z, jnp.float32) for z in latents]
-
-  def sample(params, rng, images, *, num_samples=1, mean=False, latents=None):
-    check_inputs(images)
-    return jit_sample(params, rng, images, check_latents(images, latents), int(num_samples),
-                      normalise_mean(mean, config.num_scales))
-
-  def forward(params, rng, images, segmentations, *, mean=False):
-    check_inputs(images, segmentations)
-    return jit_forward(params, rng, images, segmentations,
-                       normalise_mean(mean, config.num_scales))
-
-  def reconstruct(params, rng, images, segmentations, *, mean=False):
-    return forward(params, rng, images, segmentations, mean=mean)["logits"]
-
-  return Model(config, init, sample, reconstruct, forward, check_inputs, l2_penalty)
+  return base.build_model(config, transformed, sample_fn, weights="orthogonal", l2_penalty=l2_penalty,
+                          input_channels=base.input_channels_of(IMAGE_CONV))
 
 
 def l2_penalty(params, scale=1e-5) -> jax.Array:

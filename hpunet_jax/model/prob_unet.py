@@ -21,26 +21,102 @@ Sampling runs the U-Net and the prior once per image and f_comb once per
 sample (the release's `sample()` re-evaluates only f_comb). He-normal
 weights, truncated-normal biases (std 0.001). docs/model.md.
 
-`make_prob_unet(config)` returns the same `Model` as the HPU-Net's
-`make_model`, with the one latent as a single "scale" of shape `[B, 1, 1, d]`.
+`build(config)` hands the modules to `base.build_model`, which gives them the
+same pure functions as every model, with the one latent as a single "scale"
+of shape `[B, 1, 1, d]`; `hpunet_jax.model.make_model` is the way in.
 """
 import dataclasses
-import functools
+from typing import ClassVar, Sequence
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpunet_jax.model.config import ACTIVATIONS, COMPUTE_DTYPES, ProbUNetConfig
-from hpunet_jax.model.cpu_conv import CPU_GEMM_WEIGHT_GRAD_SIZES
-# hpunet.make_model imports this module lazily, so this import makes no cycle.
-from hpunet_jax.model.hpunet import Model, normalise_mean
-from hpunet_jax.model.init import he_normal, host_init
+from hpunet_jax.model import base
+from hpunet_jax.model.config import (ACTIVATIONS, COMPUTE_DTYPES, check_common, from_dict,
+                                     positive_int, positive_tuple)
+from hpunet_jax.model.init import he_normal
 from hpunet_jax.model.layers import Conv, Gaussian, downsample, in_compute_dtype, kl_divergence
 
 # f_comb's last convolution: the one the release leaves unregularised.
 LOGITS_MODULE = "logits"
+# The first convolution of the prior's encoder sees the image alone.
+IMAGE_CONV = "prob_unet/~/prior/~/encoder/down_block_0/conv_0"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbUNetConfig:
+  """Sizes of the Probabilistic U-Net (Kohl et al. 2018) as released.
+
+  The defaults are those of the release's `training/prob_unet_config.py`
+  (SimonKohl/probabilistic_unet), but for `num_classes`: the release's
+  Cityscapes setting has 19 + 5 classes, LIDC (the HPU-Net paper's
+  comparison) 2. docs/model.md describes the network.
+
+  Attributes:
+    latent_dim: size of the one global latent `z`.
+    channels: output channels of the U-Net's blocks, finest first; the prior
+      and posterior encoders have the same. Blocks after the first start with
+      2x2 average pooling.
+    num_classes: segmentation classes.
+    convs_per_block: 3x3 convolutions (each followed by ReLU) per block.
+    num_1x1_convs: f_comb's 1x1 convolutions of `channels[0]` channels (each
+      followed by ReLU) before its 1x1 logits convolution.
+    activation: one of `ACTIVATIONS`.
+    compute_dtype, remat, gemm_weight_grad_sizes: execution settings, as
+      `HPUNetConfig`'s (remat recomputes each block's activations).
+  """
+  # The field whose length (the levels) sets `size_multiple`.
+  LEVELS_FIELD: ClassVar[str] = "channels"
+
+  latent_dim: int = 6
+  channels: Sequence[int] = (32, 64, 128, 192, 192, 192, 192)
+  num_classes: int = 2
+  convs_per_block: int = 3
+  num_1x1_convs: int = 3
+  activation: str = "relu"
+  compute_dtype: str = "float32"
+  remat: bool = False
+  gemm_weight_grad_sizes: Sequence[int] | None = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "channels",
+                       positive_tuple("channels", self.channels, owner="ProbUNetConfig"))
+    positive_int(self, "latent_dim")
+    positive_int(self, "convs_per_block")
+    positive_int(self, "num_1x1_convs", allow_zero=True)
+    check_common(self)
+
+  @property
+  def num_levels(self) -> int:
+    return len(self.channels)
+
+  @property
+  def num_scales(self) -> int:
+    """One global latent: one "scale" for the code that loops over scales."""
+    return 1
+
+  @property
+  def latent_dims(self):
+    return (self.latent_dim,)
+
+  @property
+  def size_multiple(self) -> int:
+    """Image height and width must be multiples of this (2x2 pooling per level)."""
+    return 2 ** (self.num_levels - 1)
+
+  def latent_shapes(self, height, width):
+    """`[(1, 1, latent_dim)]`: the global latent as a 1x1 map, as `HPUNetConfig`'s scales."""
+    del height, width
+    return [(1, 1, self.latent_dim)]
+
+  @classmethod
+  def from_dict(cls, values, *, prefix="model", allowed=None):
+    """As `HPUNetConfig.from_dict`."""
+    return from_dict(cls, values, prefix, allowed)
+
+
 
 
 def _interpolation_matrix(size_in, size_out):
@@ -227,23 +303,11 @@ def l2_penalty(params, weight=1e-5) -> jax.Array:
   return weight * total / 2
 
 
-def make_prob_unet(config: ProbUNetConfig):
-  """The `Model` of a Prob. U-Net: the HPU-Net's functions, with one global latent.
+def build(config: ProbUNetConfig) -> base.Model:
+  """The `Model` of a Prob. U-Net (see `base.build_model`); use `hpunet_jax.model.make_model`.
 
-  See `hpunet_jax.model.make_model`: `init`, `sample`, `reconstruct`,
-  `forward`, `check_inputs`, `l2_penalty` behave as the HPU-Net's with
-  `num_scales = 1` and latents `[B, 1, 1, latent_dim]`. `sample` runs the
-  U-Net and the prior once and f_comb once per sample.
+  `sample` runs the U-Net and the prior once and f_comb once per sample.
   """
-  if config.gemm_weight_grad_sizes is None:
-    on_cpu = jax.default_backend() == "cpu"
-    config = dataclasses.replace(
-        config, gemm_weight_grad_sizes=CPU_GEMM_WEIGHT_GRAD_SIZES if on_cpu else ())
-  return _make_prob_unet(config)
-
-
-@functools.lru_cache(maxsize=32)
-def _make_prob_unet(config: ProbUNetConfig):
   def _fns():
     net = ProbUNet(config)
 
@@ -253,29 +317,12 @@ def _make_prob_unet(config: ProbUNetConfig):
     return init, (net.encode, net.combine, net.forward)
 
   transformed = hk.multi_transform(_fns)
-  apply_encode, apply_combine, apply_forward = transformed.apply
+  apply_encode, apply_combine, _ = transformed.apply
 
-  def check_inputs(images, segmentations=None):
-    shape = getattr(images, "shape", None)
-    if shape is None or len(shape) != 4:
-      raise ValueError(f"images must be [B, H, W, C], got shape {shape}")
-    m = config.size_multiple
-    for name, size in (("height", shape[1]), ("width", shape[2])):
-      if size % m or size == 0:
-        raise ValueError(
-            f"image {name} {size} is not a multiple of 2**(len(channels) - 1) = {m} "
-            f"({config.num_levels} levels); sizes that work: {m}, {2 * m}, {3 * m}, ...")
-    if segmentations is not None:
-      expected = tuple(shape[:3]) + (config.num_classes,)
-      seg_shape = getattr(segmentations, "shape", None)
-      if seg_shape is None or tuple(seg_shape) != expected:
-        raise ValueError(f"segmentations must be one-hot [B, H, W, num_classes] = {expected}, "
-                         f"got {seg_shape}")
-
-  @functools.partial(jax.jit, static_argnames=("num_samples", "mean"))
-  def jit_sample(params, rng, images, latent, num_samples, mean):
+  def sample_fn(params, rng, images, latents, num_samples, mean):
     # The U-Net and the prior run once; only f_comb is mapped over the samples.
     features, prior = apply_encode(params, None, images)
+    latent = None if latents is None else latents[0]
     if latent is not None:
       zs = jnp.broadcast_to(latent, (num_samples,) + latent.shape)
     elif mean[0]:
@@ -284,41 +331,5 @@ def _make_prob_unet(config: ProbUNetConfig):
       zs = jax.vmap(prior.sample)(jax.random.split(rng, num_samples))
     return jax.vmap(lambda z: apply_combine(params, None, features, z))(zs)
 
-  jit_forward = jax.jit(apply_forward, static_argnums=4)
-
-  def init(rng, images, segmentations):
-    check_inputs(images, segmentations)
-    if any(isinstance(x, jax.core.Tracer) for x in (rng, images, segmentations)):
-      return transformed.init(rng, images, segmentations)
-    abstract = jax.eval_shape(transformed.init, rng, images, segmentations)
-    return host_init(rng, abstract, weights="he_normal")
-
-  def check_latent(images, latents):
-    if latents is None:
-      return None
-    latents = list(latents)
-    if len(latents) != 1:
-      raise ValueError(f"latents has {len(latents)} entries but the Prob. U-Net has one "
-                       "latent (a list of one array, or of None)")
-    z = latents[0]
-    if z is None:
-      return None
-    expected = (images.shape[0], 1, 1, config.latent_dim)
-    if tuple(getattr(z, "shape", ())) != expected:
-      raise ValueError(f"latents[0] must have shape {expected} [B, 1, 1, latent_dim], "
-                       f"got {getattr(z, 'shape', None)}")
-    return jnp.asarray(z, jnp.float32)
-
-  def sample(params, rng, images, *, num_samples=1, mean=False, latents=None):
-    check_inputs(images)
-    return jit_sample(params, rng, images, check_latent(images, latents), int(num_samples),
-                      normalise_mean(mean, 1))
-
-  def forward(params, rng, images, segmentations, *, mean=False):
-    check_inputs(images, segmentations)
-    return jit_forward(params, rng, images, segmentations, normalise_mean(mean, 1))
-
-  def reconstruct(params, rng, images, segmentations, *, mean=False):
-    return forward(params, rng, images, segmentations, mean=mean)["logits"]
-
-  return Model(config, init, sample, reconstruct, forward, check_inputs, l2_penalty)
+  return base.build_model(config, transformed, sample_fn, weights="he_normal", l2_penalty=l2_penalty,
+                          input_channels=base.input_channels_of(IMAGE_CONV))
