@@ -56,6 +56,7 @@ Unverified:
 - TF's `piecewise_constant` changes the rate one step later than optax.
 """
 from configs import lidc, synthetic
+from hpunet_jax import config_lib
 
 # The release's network (training/prob_unet_config.py).
 RELEASE_CHANNELS = (32, 64, 128, 192, 192, 192, 192)
@@ -63,11 +64,9 @@ RELEASE_CHANNELS = (32, 64, 128, 192, 192, 192, 192)
 
 def release_model(config, channels):
   """The release's network, ELBO and L2 rule in `config` (channels as given)."""
-  config.model.name = "prob_unet"
-  config.model.prob_unet.channels = channels
-  config.model.prob_unet.latent_dim = 6
-  config.model.prob_unet.convs_per_block = 3
-  config.model.prob_unet.num_1x1_convs = 3
+  config.model = config_lib.model_group(
+      "prob_unet", channels=channels, latent_dim=6, convs_per_block=3, num_1x1_convs=3,
+      num_classes=config.model.num_classes)
   config.loss.type = "elbo"
   config.loss.beta = 1.0
   config.loss.top_k_percentage = None
@@ -79,8 +78,8 @@ def quarter_release(config, arg, num_levels):
   the CPU-sized comparisons use it; `:tiny` shrinks it to 4 levels of 4-8 channels, 2 convs."""
   release_model(config, tuple(c // 4 for c in RELEASE_CHANNELS[:num_levels]))
   if arg == "tiny":
-    config.model.prob_unet.channels = (4, 8, 8, 8)
-    config.model.prob_unet.convs_per_block = 2
+    config.model.channels = (4, 8, 8, 8)
+    config.model.convs_per_block = 2
   return config
 
 

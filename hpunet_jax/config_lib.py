@@ -7,29 +7,25 @@ a tool (evaluate, sample, the benchmarks) uses for a run: the run's own
 `config.json` unless a config is given, with `--config.<group>.<field>=`
 overrides applied.
 """
+import collections.abc
 import dataclasses
+import importlib.util
 import json
 import re
 import sys
+import typing
 
 from absl import app
 from etils import epath
 import ml_collections
 
 from hpunet_jax.data import config as data_config_lib
-from hpunet_jax.model import EXECUTION_FIELDS, HPUNetConfig, ProbUNetConfig
+from hpunet_jax.model import EXECUTION_FIELDS, registry
 
-HPUNET_FIELDS = tuple(f.name for f in dataclasses.fields(HPUNetConfig))
-# `model.name` chooses the network: the HPU-Net (its fields sit in `model`)
-# or the Prob. U-Net of Kohl et al. 2018 (its own fields in `model.prob_unet`;
-# `model.num_classes` serves both). Runs saved before the field existed are
-# HPU-Nets.
-MODEL_NAMES = ("hpunet", "prob_unet")
-PROB_UNET_GROUP = "prob_unet"
-# ProbUNetConfig fields of the `model.prob_unet` group: all but the execution
-# settings and `num_classes`, which the `execution` group and `model` hold.
-PROB_UNET_FIELDS = tuple(f.name for f in dataclasses.fields(ProbUNetConfig)
-                         if f.name not in EXECUTION_FIELDS and f.name != "num_classes")
+# `model.name` chooses the network (`hpunet_jax.model.registry`); the `model`
+# group holds `name` and that model's own fields, the `execution` group its
+# execution settings. Runs saved before the field existed are HPU-Nets.
+MODEL_NAMES = tuple(registry.MODELS)
 
 LOSS_TYPES = ("geco", "elbo")
 # The presets of hpunet_jax/evaluation/protocols.py (a layer above: named here
@@ -38,15 +34,14 @@ EVAL_PROTOCOLS = ("hpunet", "phiseg", "ssn", "car", "ccdm", "mose", "berdiff")
 SCHEDULES = ("constant", "piecewise")
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """All groups with the paper's (LIDC) defaults (docs/model.md)."""
+def base_config(model: str = registry.DEFAULT_MODEL) -> ml_collections.ConfigDict:
+  """All groups with the paper's (LIDC) defaults (docs/model.md); `model`: a registered name."""
   c = ml_collections.ConfigDict()
 
-  model_fields, execution_fields = model_groups()
-  c.model = ml_collections.ConfigDict(model_fields)
+  c.model = model_group(model)
   # Settings that change how the network is computed, not its parameters: a
   # resumed run may change them (e.g. remat to fit memory).
-  c.execution = ml_collections.ConfigDict(execution_fields)
+  c.execution = ml_collections.ConfigDict(_fields_of(model, execution=True))
 
   c.loss = ml_collections.ConfigDict(dict(
       type="geco",
@@ -107,27 +102,55 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# `HPUNetConfig` fields whose default is None: the placeholder's type.
-_NONE_DEFAULT_TYPES = {"down_channels_per_block": tuple, "max_abs_log_sigma": float,
-                       "gemm_weight_grad_sizes": tuple}
+def _placeholder_type(field):
+  """The type of a `None` default's placeholder: `Sequence[int] | None` -> tuple, `float | None` -> float."""
+  kinds = [t for t in typing.get_args(field.type) if t is not type(None)]
+  kind = typing.get_origin(kinds[0]) or kinds[0] if kinds else object
+  return tuple if kind in (tuple, list, collections.abc.Sequence) else kind
 
 
-def model_groups():
-  """The `model` and `execution` groups' fields, with the typed configs' defaults (their one source).
-
-  `model` holds `name`, `HPUNetConfig`'s fields and the `prob_unet`
-  sub-group with `ProbUNetConfig`'s (`PROB_UNET_FIELDS`).
-  """
-  groups = ({"name": "hpunet"}, {})
-  for field in dataclasses.fields(HPUNetConfig):
+def _fields_of(name, *, execution=False):
+  """`{field: default}` of model `name`'s config class: its model fields, or its execution fields."""
+  values = {}
+  for field in dataclasses.fields(registry.get(name).config_cls):
+    if (field.name in EXECUTION_FIELDS) != execution:
+      continue
     value = field.default
     if value is None:
-      value = ml_collections.config_dict.placeholder(_NONE_DEFAULT_TYPES[field.name])
-    groups[field.name in EXECUTION_FIELDS][field.name] = value
-  prob_unet = {f.name: f.default for f in dataclasses.fields(ProbUNetConfig)
-               if f.name in PROB_UNET_FIELDS}
-  groups[0][PROB_UNET_GROUP] = ml_collections.ConfigDict(prob_unet)
-  return groups
+      value = ml_collections.config_dict.placeholder(_placeholder_type(field))
+    values[field.name] = value
+  return values
+
+
+def model_fields(name) -> tuple:
+  """The fields of the `model` group of model `name` (`name` aside)."""
+  return tuple(_fields_of(name))
+
+
+def model_group(name: str = registry.DEFAULT_MODEL, **values) -> ml_collections.ConfigDict:
+  """The `model` group of the registered model `name`: its fields, the defaults updated by `values`.
+
+  Holds `name` and the model config class's fields but the execution ones
+  (the `execution` group), so that `config.json` records only what the
+  network used. A key of `values` the model does not have raises the
+  ValueError of `model_config`.
+  """
+  fields = _fields_of(name)
+  _check_model_fields(name, values)
+  group = ml_collections.ConfigDict({"name": name, **fields})
+  group.update(values)
+  return group
+
+
+def _check_model_fields(name, fields):
+  unknown = sorted(set(fields) - set(model_fields(name)))
+  if not unknown:
+    return
+  field = unknown[0]
+  owners = [other for other in MODEL_NAMES if other != name and field in model_fields(other)]
+  owner = f" (a field of model {', '.join(repr(o) for o in owners)})" if owners else ""
+  raise ValueError(f"model.{field} is not a field of model {name!r}{owner}; its fields: "
+                   f"{', '.join(model_fields(name))}")
 
 
 def get_config(arg=None):
@@ -141,26 +164,18 @@ def get_config(arg=None):
   return base_config()
 
 
-def model_config(config) -> HPUNetConfig | ProbUNetConfig:
+def model_config(config):
   """The typed model config from the `model` and `execution` groups (errors name the field).
 
-  `model.name` chooses `HPUNetConfig` (from `model`'s own fields) or
-  `ProbUNetConfig` (from `model.prob_unet` and `model.num_classes`).
+  `model.name` chooses the registered model; the `model` group's other fields
+  must be that model's (a field of another model raises a ValueError naming
+  the field and the model).
   """
   fields = config.model.to_dict()
-  name = fields.pop("name", "hpunet")
-  prob_unet = fields.pop(PROB_UNET_GROUP, {})
-  if name not in MODEL_NAMES:
-    raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {name!r}")
-  if name == "prob_unet":
-    prob_unet = dict(prob_unet, num_classes=fields.get("num_classes", 2))
-    model = ProbUNetConfig.from_dict(prob_unet, prefix=f"model.{PROB_UNET_GROUP}",
-                                     allowed=set(PROB_UNET_FIELDS) | {"num_classes"})
-    owner = "ProbUNetConfig."
-  else:
-    model = HPUNetConfig.from_dict(fields, prefix="model",
-                                   allowed=set(HPUNET_FIELDS) - set(EXECUTION_FIELDS))
-    owner = "HPUNetConfig."
+  name = fields.pop("name", registry.DEFAULT_MODEL)
+  spec = registry.get(name)
+  _check_model_fields(name, fields)
+  model = spec.config_cls.from_dict(fields, prefix="model")
   execution = config.get("execution")
   if execution is None:
     return model
@@ -169,7 +184,7 @@ def model_config(config) -> HPUNetConfig | ProbUNetConfig:
   except TypeError as e:
     raise ValueError(f"execution: {e}; known: {', '.join(EXECUTION_FIELDS)}") from None
   except ValueError as e:
-    raise ValueError(str(e).replace(owner, "execution.")) from None
+    raise ValueError(str(e).replace(spec.config_cls.__name__ + ".", "execution.")) from None
 
 
 def _require(ok, message):
@@ -230,8 +245,7 @@ def validate(config, *, num_devices=None):
   size = data.crop_size if data.crop_size is not None else data.get("image_size")
   if isinstance(size, int) and size > 0 and size % model.size_multiple:
     field = "data.crop_size" if data.crop_size is not None else "data.image_size"
-    channels = ("model.prob_unet.channels" if isinstance(model, ProbUNetConfig)
-                else "model.channels_per_block")
+    channels = f"model.{model.LEVELS_FIELD}"
     raise ValueError(
         f"{field}={size} cannot be taken by the model: it needs a multiple of "
         f"2**(len({channels}) - 1) = {model.size_multiple} "
@@ -278,18 +292,24 @@ def _from_json(reference, value):
 def config_from_json(values) -> ml_collections.ConfigDict:
   """Rebuilds a ConfigDict saved as JSON by the trainer (`config.json`; tuples restored).
 
-  Starts from `base_config()`, so fields a run's file lacks keep their defaults;
-  nested groups (e.g. `data.augment`) are merged field by field. Runs written
-  before the `execution` group existed kept its fields in `model`: they are
-  moved there.
+  Starts from `base_config(model.name)`, so fields a run's file lacks keep
+  their defaults; nested groups (e.g. `data.augment`) are merged field by
+  field. Older files are migrated: execution fields kept in `model` move to
+  the `execution` group; the `model.prob_unet` sub-group (a Prob. U-Net's
+  fields, written beside the HPU-Net's whichever model ran) becomes the
+  `model` group of a Prob. U-Net and is dropped from an HPU-Net's.
   """
   values = dict(values)
   model = dict(values.get("model", {}))
   moved = {k: model.pop(k) for k in EXECUTION_FIELDS if k in model}
   if moved:
-    values["model"] = model
     values["execution"] = {**moved, **values.get("execution", {})}
-  return _from_json(base_config(), values)
+  name = model.get("name", registry.DEFAULT_MODEL)
+  prob_unet_group = model.pop("prob_unet", None)
+  if isinstance(prob_unet_group, dict) and name == "prob_unet":
+    model = {"name": name, "num_classes": model.get("num_classes", 2), **prob_unet_group}
+  values["model"] = model
+  return _from_json(base_config(name), values)
 
 
 def load_run_config(workdir) -> ml_collections.ConfigDict:
@@ -376,21 +396,63 @@ def parse_flags(argv):
     exit_on_unknown_field(e, argv)
 
 
+def _config_of_argv(argv):
+  """The config the command line names (`--config=FILE[:ARG]`, else `--workdir`'s), or None."""
+  values = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+  try:
+    if "config" in values:
+      path, _, arg = values["config"].partition(".py:")
+      path = path if path.endswith(".py") else path + ".py"
+      spec = importlib.util.spec_from_file_location("_config_of_argv", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      return module.get_config(*([arg] if arg else []))
+    if "workdir" in values:
+      return load_run_config(values["workdir"])
+  except Exception:  # pylint: disable=broad-except
+    return None   # only for a better message: the field is unknown whatever the config
+  return None
+
+
+def unknown_field_message(error, argv):
+  """The one line for an unknown `--config.<field>=` override in `argv` (see `exit_on_unknown_field`)."""
+  # ml_collections names the field in quotes, then maybe 'Did you mean "x" instead of "y"?'.
+  names = re.findall(r"[\"']([A-Za-z_]\w*)[\"']", str(error).replace("\\", ""))
+  overrides = [a[2:].split("=", 1)[0][len("config."):] for a in argv[1:]
+               if a.startswith("--config.")]
+  culprits = [o for o in overrides if names and o.split(".")[-1] == names[0]]
+  groups = [o for o in overrides if names and names[0] in o.split(".")[:-1]]
+  if not culprits and groups:   # a group the config does not have
+    parts = groups[0].split(".")
+    group = ".".join(parts[:parts.index(names[0]) + 1])
+    return f"--config.{groups[0]}: the config has no group {group}"
+  culprit = culprits[0] if culprits else (names[0] if names else str(error))
+  group, _, field = culprit.rpartition(".")
+  if group == "model":
+    config = _config_of_argv(argv)
+    name = config.model.get("name", registry.DEFAULT_MODEL) if config is not None else None
+    if name in MODEL_NAMES:
+      try:
+        _check_model_fields(name, {field: None})
+      except ValueError as e:
+        hint = (f" (it is execution.{field}: settings that change no parameter)"
+                if field in EXECUTION_FIELDS else "")
+        return f"--config.{culprit}: {e}{hint}"
+  hint = ""
+  if group == "model" and field in EXECUTION_FIELDS:
+    hint = f" (it is execution.{field}: settings that change no parameter)"
+  elif len(names) > 1 and names[1] != field:
+    hint = f" (did you mean {group + '.' if group else ''}{names[1]}?)"
+  return f"--config.{culprit}: the config has no field {culprit}{hint}"
+
+
 def exit_on_unknown_field(error, argv):
-  """Prints `--config.<field>: the config has no field <field>` for `error` and exits with 1.
+  """Prints the one line naming an unknown `--config.<field>=` override and exits with 1.
 
   `error` is the AttributeError/KeyError ml_collections raises for an unknown
   `--config.<field>=` override in `argv`: at flag parsing, or already when a
-  config flag with a default file is defined (`experiments.run_flags`).
+  config flag with a default file is defined (`experiments.run_flags`). A
+  field of another model than the config's names both.
   """
-  match = re.search(r"'([^'\"]+)'", str(error))
-  name = match.group(1) if match else None
-  overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-  culprits = [o[len("config."):] for o in overrides if name and o.split(".")[-1] == name]
-  culprit = culprits[0] if culprits else (name or str(error))
-  moved = ""
-  if culprit.startswith("model.") and culprit[len("model."):] in EXECUTION_FIELDS:
-    moved = f" (it is execution.{culprit[len('model.'):]}: settings that change no parameter)"
-  sys.stderr.write(f"FATAL Flags parsing error: --config.{culprit}: the config has no "
-                   f"field {culprit}{moved}\n")
+  sys.stderr.write(f"FATAL Flags parsing error: {unknown_field_message(error, argv)}\n")
   sys.exit(1)

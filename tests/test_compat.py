@@ -88,3 +88,49 @@ def test_the_moved_execution_flag_is_named_where_it_went(tmp_path):
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
   assert "model.remat" in lines[0] and "execution.remat" in lines[0]
+
+
+PROB_UNET_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_prob_unet_v1")
+
+
+@pytest.fixture
+def old_prob_unet_workdir(tmp_path):
+  workdir = tmp_path / "prob_unet_run"
+  shutil.copytree(PROB_UNET_FIXTURE, workdir)
+  return str(workdir)
+
+
+def test_old_prob_unet_config_keeps_only_the_fields_its_network_used():
+  with open(os.path.join(PROB_UNET_FIXTURE, "config.json")) as f:
+    saved = json.load(f)["model"]
+  assert "latent_dims" in saved and "prob_unet" in saved   # the HPU-Net's fields beside its own
+  config = config_lib.load_run_config(PROB_UNET_FIXTURE)
+  assert set(config.model) == {"name", *config_lib.model_fields("prob_unet")}
+  assert (config.model.name, config.model.channels, config.model.latent_dim,
+          config.model.num_1x1_convs) == ("prob_unet", (4, 8, 8, 8), 6, 3)
+  assert config.model.num_classes == saved["num_classes"]
+
+
+def test_old_prob_unet_workdir_restores_and_samples(old_prob_unet_workdir):
+  _, model, params, step = restore.restore_params(old_prob_unet_workdir)
+  assert step == 4 and model.config.channels == (4, 8, 8, 8)
+  logits = model.sample(params, jax.random.key(0), jnp.zeros((2, 32, 32, 1)), num_samples=3)
+  assert logits.shape == (3, 2, 32, 32, 2) and bool(jnp.isfinite(logits).all())
+
+
+@pytest.mark.slow
+def test_old_prob_unet_workdir_resumes_and_evaluates(old_prob_unet_workdir, tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  proc = _run("experiments.train", "--config=configs/prob_unet.py:tiny",
+              f"--workdir={old_prob_unet_workdir}", f"--config.data.data_dir={data_dir}",
+              "--config.train.num_steps=6", "--config.train.checkpoint_every=6")
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  records = writer_lib.read_jsonl(os.path.join(old_prob_unet_workdir, "metrics.jsonl"))
+  assert [r["step"] for r in records if "loss" in r] == [1, 2, 4, 5, 6]
+  with open(os.path.join(old_prob_unet_workdir, "config.json")) as f:
+    assert "latent_dims" not in json.load(f)["model"]   # rewritten with the fields used
+  proc = _run("experiments.evaluate", f"--workdir={old_prob_unet_workdir}",
+              f"--config.data.data_dir={data_dir}", "--config.eval.num_examples=2")
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  with open(os.path.join(old_prob_unet_workdir, "evaluation.json")) as f:
+    assert json.load(f)["step"] == 6

@@ -35,7 +35,7 @@ def test_configs_are_valid_and_differ_only_where_documented():
   # The release's Prob. U-Net at the HPU-Net's budget: only the model and its loss differ.
   release = prob_unet_objects.get_config()
   config_lib.validate(release)
-  assert (release.model.name, release.model.prob_unet.channels) == (
+  assert (release.model.name, release.model.channels) == (
       "prob_unet", (8, 16, 32, 48, 48, 48))
   assert (release.loss.type, release.loss.beta, release.loss.l2_weight) == ("elbo", 1.0, 1e-5)
   for group in ("optim", "train", "data", "eval"):

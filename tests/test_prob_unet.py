@@ -245,8 +245,16 @@ def test_run_configs_choose_the_model():
   with pytest.raises(ValueError, match="model.name"):
     config_lib.validate(config)
   config = prob_unet_configs.get_config()
-  config.model.prob_unet.latent_dim = 0
-  with pytest.raises(ValueError, match="model.prob_unet.latent_dim"):
+  config.model.latent_dim = 0
+  with pytest.raises(ValueError, match="model.latent_dim must be a positive int"):
+    config_lib.validate(config)
+  # The group holds the Prob. U-Net's fields alone, and config.json records only those.
+  assert set(config.model) == {"name", *config_lib.model_fields("prob_unet")}
+  assert "latent_dims" not in json.loads(config.to_json_best_effort())["model"]
+  with config.unlocked():
+    config.model.latent_dims = (1, 1)
+  with pytest.raises(ValueError, match=r"^model.latent_dims is not a field of model 'prob_unet' "
+                     r"\(a field of model 'hpunet'\)"):
     config_lib.validate(config)
   with pytest.raises(ValueError, match="unknown argument"):
     prob_unet_configs.get_config("huge")
@@ -280,10 +288,47 @@ def test_tiny_config_trains_evaluates_and_samples_through_the_clis(tmp_path):
     assert arrays["samples"].shape == (4, 2, 32, 32)
 
 
+def test_a_field_of_another_model_stops_in_one_line_naming_both(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train", "--config=configs/prob_unet.py:tiny",
+       f"--workdir={workdir}", "--config.model.latent_dims=1,1"],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+      timeout=300)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith("FATAL Flags parsing error: --config.model.latent_dims: "
+                             "model.latent_dims is not a field of model 'prob_unet'"), lines
+  assert "latent_dim," in lines[0]   # the fields it has
+  assert not workdir.exists()
+
+
+def test_three_channel_prob_unet_trains_restores_and_samples(tmp_path):
+  """Training writes a checkpoint whose network restore reads back with its 3 input channels."""
+  from hpunet_jax.evaluation import restore  # pylint: disable=g-import-not-at-top
+  from hpunet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  config = prob_unet_configs.get_config("tiny")
+  config.data.name, config.data.num_channels = "fake", 3
+  config.data.image_size, config.data.crop_size = 32, None
+  config.train.batch_size, config.train.num_steps = 2, 2
+  config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 2
+  config.eval.num_examples, config.eval.num_samples, config.eval.batch_size = 2, 4, 2
+  config.eval.num_figure_examples = 1
+  workdir = tmp_path / "run"
+  loop.train_and_evaluate(config, workdir)
+  _, model, params, step = restore.restore_params(workdir)
+  assert step == 2 and model.input_channels(params) == 3
+  logits = model.sample(params, jax.random.key(0), np.zeros((2, 32, 32, 3), np.float32),
+                        num_samples=3)
+  assert logits.shape == (3, 2, 32, 32, 2) and np.isfinite(np.asarray(logits)).all()
+  with pytest.raises(ValueError, match="images must be"):
+    model.sample(params, jax.random.key(0), np.zeros((32, 32, 3), np.float32))
+
+
 def test_resuming_an_old_hpunet_run_keeps_it_an_hpunet(tmp_path):
   from hpunet_jax.training import run  # pylint: disable=g-import-not-at-top
   old = json.loads(config_lib.base_config().to_json_best_effort())
-  del old["model"]["name"], old["model"]["prob_unet"]   # a config.json from before the field
+  del old["model"]["name"]   # a config.json from before the field
   (tmp_path / config_lib.RUN_CONFIG_FILE).write_text(json.dumps(old))
   run.check_config_matches(str(tmp_path), config_lib.base_config())
   with pytest.raises(run.RunMismatchError, match="model.name='prob_unet'"):
