@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 import hpunet_jax
+from experiments import cli
 from hpunet_jax import config_lib
 from hpunet_jax.training import state as train
 
@@ -123,4 +124,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import run_flags
+from experiments import cli, run_flags
 import hpunet_jax
 from hpunet_jax import config_lib
 from hpunet_jax.evaluation import driver, metrics
@@ -398,4 +398,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

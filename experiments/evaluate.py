@@ -17,16 +17,12 @@ The images are sharded over every device of every process (with
 process 0 alone prints the table and writes the file.
 """
 from absl import app
-from etils import epath
 import jax
 
-from experiments import distributed, run_flags
-from hpunet_jax import config_lib
-from hpunet_jax.evaluation import driver, protocols, report, restore, scales
-from hpunet_jax.infra import logs, writer
-
-EVALUATION_FILE = "evaluation.json"
-
+from experiments import cli, distributed, run_flags
+from hpunet_jax import workdir as workdir_lib
+from hpunet_jax.evaluation import driver, protocols, report, scales
+from hpunet_jax.infra import logs
 
 def main(argv):
   if len(argv) > 1:
@@ -37,7 +33,7 @@ def main(argv):
   say = print if is_main else (lambda *args, **kwargs: None)
   workdir = run_flags.WORKDIR.value
   config = run_flags.config()
-  config, model, params, step = restore.restore_params(workdir, config)
+  config, model, params, step = workdir_lib.Run(workdir).params(config)
   split, num_samples = config.eval.split, protocols.num_samples(config.eval)
   num_examples = protocols.num_examples(config.eval)   # None: the whole split
   say(f"Evaluating on {distributed.describe_devices()}, {config.eval.batch_size} images per "
@@ -67,8 +63,8 @@ def main(argv):
         num_examples=num_examples, on_batch=progress.update)
   if not is_main:
     return
-  path = epath.Path(workdir) / EVALUATION_FILE
-  writer.write_json(path, results)
+  run = workdir_lib.Run(workdir)
+  run.write_evaluation(results)
   print(f"{config.data.name} {split}, checkpoint step {step}, "
         f"{results['num_images']} images, {num_samples} samples each, "
         f"protocol {results['protocol']}:")
@@ -77,8 +73,8 @@ def main(argv):
     _, key, table, heading = scale_analysis
     print(f"\n{heading}")
     print(table(results[key]))
-  print(f"Written to {path}")
+  print(f"Written to {run.evaluation_file}")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -21,7 +21,8 @@ checkpoint of the release's LIDC sizes written by the fixture generator).
 from absl import app, flags
 from ml_collections import config_flags
 
-from hpunet_jax import config_lib, release
+from experiments import cli
+from hpunet_jax import release
 from hpunet_jax.infra import logs
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -51,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -7,7 +7,7 @@ Without `--config`, a tool uses the run's own `DIR/config.json`;
 `--config.<group>.<field>=value` overrides any field of it (checked against
 the field's type, as for training). With `--config=FILE`, that config is used
 instead, and if its data differ from the run's the tool stops unless
-`--allow_other_data` is given (`config_lib.run_config`).
+`--allow_other_data` is given (`workdir.tool_config`).
 """
 import copy
 import sys
@@ -16,7 +16,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from hpunet_jax import config_lib
+from experiments import cli
+from hpunet_jax import config_lib, workdir
 
 WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder (config.json, checkpoints/).")
 # The default is config_lib's `get_config` (= base_config()): overrides of any
@@ -30,7 +31,7 @@ try:
       "Override any field with --config.<group>.<field>=value, with or without it.",
       lock_config=True)
 except (AttributeError, KeyError) as e:
-  config_lib.exit_on_unknown_field(e, sys.argv)
+  cli.exit_on_unknown_field(e, sys.argv)
 ALLOW_OTHER_DATA = flags.DEFINE_bool(
     "allow_other_data", False,
     "Accept a --config whose data (name, sizes, graders) differ from those the run was "
@@ -38,12 +39,12 @@ ALLOW_OTHER_DATA = flags.DEFINE_bool(
 
 
 def config(*, workdir_required=True):
-  """The config the flags select (see `config_lib.run_config`); not yet validated."""
+  """The config the flags select (see `workdir.tool_config`); not yet validated."""
   if workdir_required and WORKDIR.value is None:
     raise app.UsageError("--workdir is required: the run's folder")
   given = flags.FLAGS["config"].present
   try:
-    return config_lib.run_config(
+    return workdir.tool_config(
         # A copy: callers (benchmarks.paired) change one config per variant.
         WORKDIR.value, copy.deepcopy(CONFIG.value) if given else None,
         config_flags.get_override_values(flags.FLAGS["config"]),

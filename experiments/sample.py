@@ -25,9 +25,9 @@ from etils import epath
 import jax
 import numpy as np
 
-from experiments import distributed, run_flags
-from hpunet_jax import config_lib, release
-from hpunet_jax.evaluation import figures, restore
+from experiments import cli, distributed, run_flags
+from hpunet_jax import release, workdir
+from hpunet_jax.evaluation import figures
 from hpunet_jax.infra import logs
 
 _OUTPUT = flags.DEFINE_string("output", None, "Output PNG path.")
@@ -54,7 +54,7 @@ def main(argv):
   if not _OUTPUT.value.endswith(".png"):
     raise app.UsageError(f"--output must end in .png, got {_OUTPUT.value}")
   config = run_flags.config()
-  config, model, params, step = restore.restore_params(run_flags.WORKDIR.value, config)
+  config, model, params, step = workdir.Run(run_flags.WORKDIR.value).params(config)
   if jax.process_index() != 0:
     return
   split = config.eval.split
@@ -79,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

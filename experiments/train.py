@@ -11,8 +11,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import distributed
-from hpunet_jax import config_lib
+from experiments import cli, distributed
 from hpunet_jax.infra import lease, logs
 from hpunet_jax.training import loop, run
 
@@ -48,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=config_lib.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,22 +1,16 @@
-"""The experiment config: its groups, their defaults, one early validation, a run's config.
+"""The experiment config: its groups, their defaults, one early validation, its JSON form.
 
 Configs in `configs/*.py` start from `base_config()` and change what their
 setting needs. `validate(config)` runs before anything compiles and raises a
-ValueError naming the offending field. `run_config(workdir, ...)` is the config
-a tool (evaluate, sample, the benchmarks) uses for a run: the run's own
-`config.json` unless a config is given, with `--config.<group>.<field>=`
-overrides applied.
+ValueError naming the offending field. `config_from_json` reads a saved
+config back (a run's `config.json`, older schemas migrated);
+`apply_overrides` sets `group.field` values by name. A run's files:
+`hpunet_jax.workdir`.
 """
 import collections.abc
 import dataclasses
-import importlib.util
-import json
-import re
-import sys
 import typing
 
-from absl import app
-from etils import epath
 import ml_collections
 
 from hpunet_jax.data import config as data_config_lib
@@ -26,6 +20,7 @@ from hpunet_jax.model import EXECUTION_FIELDS, registry
 # group holds `name` and that model's own fields, the `execution` group its
 # execution settings. Runs saved before the field existed are HPU-Nets.
 MODEL_NAMES = tuple(registry.MODELS)
+DEFAULT_MODEL = registry.DEFAULT_MODEL
 
 LOSS_TYPES = ("geco", "elbo")
 # The presets of hpunet_jax/evaluation/protocols.py (a layer above: named here
@@ -136,13 +131,13 @@ def model_group(name: str = registry.DEFAULT_MODEL, **values) -> ml_collections.
   ValueError of `model_config`.
   """
   fields = _fields_of(name)
-  _check_model_fields(name, values)
+  check_model_fields(name, values)
   group = ml_collections.ConfigDict({"name": name, **fields})
   group.update(values)
   return group
 
 
-def _check_model_fields(name, fields):
+def check_model_fields(name, fields):
   unknown = sorted(set(fields) - set(model_fields(name)))
   if not unknown:
     return
@@ -174,7 +169,7 @@ def model_config(config):
   fields = config.model.to_dict()
   name = fields.pop("name", registry.DEFAULT_MODEL)
   spec = registry.get(name)
-  _check_model_fields(name, fields)
+  check_model_fields(name, fields)
   model = spec.config_cls.from_dict(fields, prefix="model")
   execution = config.get("execution")
   if execution is None:
@@ -266,15 +261,7 @@ def validate(config, *, num_devices=None):
 
 
 # ---------------------------------------------------------------------------
-# A run's config, for the tools that read a run.
-
-RUN_CONFIG_FILE = "config.json"
-# Where a run keeps its checkpoints and figures, under its workdir.
-CHECKPOINT_DIR = "checkpoints"
-FIGURE_DIR = "figures"
-# The data fields that say which data a model saw (not where it is stored or how
-# fast it is read): a config that differs in these evaluates on other data.
-DATA_IDENTITY_FIELDS = ("name", "image_size", "crop_size", "num_channels", "num_graders")
+# Configs saved as JSON (a run's `config.json`: `hpunet_jax.workdir.Run.config`).
 
 
 def _from_json(reference, value):
@@ -312,14 +299,6 @@ def config_from_json(values) -> ml_collections.ConfigDict:
   return _from_json(base_config(name), values)
 
 
-def load_run_config(workdir) -> ml_collections.ConfigDict:
-  """The config of the run in `workdir`, from its `config.json`."""
-  path = epath.Path(workdir) / RUN_CONFIG_FILE
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-  return config_from_json(json.loads(path.read_text()))
-
-
 def apply_overrides(config, overrides):
   """Sets `{"group.field": value}` in `config` (in place; returned); unknown fields raise.
 
@@ -338,121 +317,3 @@ def apply_overrides(config, overrides):
     with config.unlocked():
       node[field] = value
   return config
-
-
-def _normalised(value):
-  return list(value) if isinstance(value, tuple) else value
-
-
-def run_config(workdir, config=None, overrides=None, *, allow_other_data=False):
-  """The config a tool uses for the run in `workdir`.
-
-  Args:
-    workdir: the run's folder (any `epath` path), or None (then `config` is used,
-      or `base_config()` with the overrides).
-    config: a config given on the command line (`--config=...`, its overrides
-      already applied), or None for the run's own `config.json`.
-    overrides: `{"group.field": value}` (`config_flags.get_override_values`),
-      applied to the run's `config.json` when `config` is None.
-    allow_other_data: accept a `config` whose data (`DATA_IDENTITY_FIELDS`)
-      differ from the run's.
-
-  Returns:
-    The ConfigDict, not yet validated.
-
-  Raises:
-    FileNotFoundError: `workdir` has no `config.json` and no `config` is given.
-    ValueError: naming the `data.<field>` where `config` differs from the run,
-      unless `allow_other_data`.
-  """
-  if config is None:
-    config = load_run_config(workdir) if workdir is not None else base_config()
-    return apply_overrides(config, overrides or {})
-  run_file = None if workdir is None else epath.Path(workdir) / RUN_CONFIG_FILE
-  if run_file is not None and run_file.exists() and not allow_other_data:
-    trained = load_run_config(workdir).data
-    for field in DATA_IDENTITY_FIELDS:
-      ours, theirs = config.data.get(field), trained.get(field)
-      if _normalised(ours) != _normalised(theirs):
-        raise ValueError(
-            f"data.{field}={ours!r} differs from the run in {workdir}, which was trained with "
-            f"data.{field}={theirs!r}; leave out --config to use the run's config, or pass "
-            f"--allow_other_data to evaluate on other data")
-  return config
-
-
-def parse_flags(argv):
-  """`absl.app.run`'s flag parser, with a one-line error for an unknown config field.
-
-  ml_collections reports `--config.model.foo=1` as a 55-line chained
-  AttributeError that only says `'foo'`; this prints
-  `--config.model.foo: the config has no field model.foo` and exits with 1,
-  as absl does for its own flag errors. Use as
-  `app.run(main, flags_parser=config_lib.parse_flags)`.
-  """
-  try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as e:
-    exit_on_unknown_field(e, argv)
-
-
-def _config_of_argv(argv):
-  """The config the command line names (`--config=FILE[:ARG]`, else `--workdir`'s), or None."""
-  values = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
-  try:
-    if "config" in values:
-      path, _, arg = values["config"].partition(".py:")
-      path = path if path.endswith(".py") else path + ".py"
-      spec = importlib.util.spec_from_file_location("_config_of_argv", path)
-      module = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(module)
-      return module.get_config(*([arg] if arg else []))
-    if "workdir" in values:
-      return load_run_config(values["workdir"])
-  except Exception:  # pylint: disable=broad-except
-    return None   # only for a better message: the field is unknown whatever the config
-  return None
-
-
-def unknown_field_message(error, argv):
-  """The one line for an unknown `--config.<field>=` override in `argv` (see `exit_on_unknown_field`)."""
-  # ml_collections names the field in quotes, then maybe 'Did you mean "x" instead of "y"?'.
-  names = re.findall(r"[\"']([A-Za-z_]\w*)[\"']", str(error).replace("\\", ""))
-  overrides = [a[2:].split("=", 1)[0][len("config."):] for a in argv[1:]
-               if a.startswith("--config.")]
-  culprits = [o for o in overrides if names and o.split(".")[-1] == names[0]]
-  groups = [o for o in overrides if names and names[0] in o.split(".")[:-1]]
-  if not culprits and groups:   # a group the config does not have
-    parts = groups[0].split(".")
-    group = ".".join(parts[:parts.index(names[0]) + 1])
-    return f"--config.{groups[0]}: the config has no group {group}"
-  culprit = culprits[0] if culprits else (names[0] if names else str(error))
-  group, _, field = culprit.rpartition(".")
-  if group == "model":
-    config = _config_of_argv(argv)
-    name = config.model.get("name", registry.DEFAULT_MODEL) if config is not None else None
-    if name in MODEL_NAMES:
-      try:
-        _check_model_fields(name, {field: None})
-      except ValueError as e:
-        hint = (f" (it is execution.{field}: settings that change no parameter)"
-                if field in EXECUTION_FIELDS else "")
-        return f"--config.{culprit}: {e}{hint}"
-  hint = ""
-  if group == "model" and field in EXECUTION_FIELDS:
-    hint = f" (it is execution.{field}: settings that change no parameter)"
-  elif len(names) > 1 and names[1] != field:
-    hint = f" (did you mean {group + '.' if group else ''}{names[1]}?)"
-  return f"--config.{culprit}: the config has no field {culprit}{hint}"
-
-
-def exit_on_unknown_field(error, argv):
-  """Prints the one line naming an unknown `--config.<field>=` override and exits with 1.
-
-  `error` is the AttributeError/KeyError ml_collections raises for an unknown
-  `--config.<field>=` override in `argv`: at flag parsing, or already when a
-  config flag with a default file is defined (`experiments.run_flags`). A
-  field of another model than the config's names both.
-  """
-  sys.stderr.write(f"FATAL Flags parsing error: {unknown_field_message(error, argv)}\n")
-  sys.exit(1)

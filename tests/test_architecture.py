@@ -8,7 +8,7 @@ import hpunet_jax
 
 PACKAGE = pathlib.Path(hpunet_jax.__file__).parent
 # Bottom to top; a module may import its own layer and those below it.
-LAYERS = ("infra", "model", "objective", "data", "config_lib", "evaluation", "training",
+LAYERS = ("infra", "model", "objective", "data", "config_lib", "workdir", "evaluation", "training",
           "release")
 
 

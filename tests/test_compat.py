@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import pytest
 
 from hpunet_jax import config_lib
-from hpunet_jax.evaluation import restore
+from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import writer as writer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,13 +40,13 @@ def old_workdir(tmp_path):
 def test_old_config_moves_the_execution_settings_out_of_the_model_group():
   with open(os.path.join(FIXTURE, "config.json")) as f:
     assert "remat" in json.load(f)["model"]
-  config = config_lib.load_run_config(FIXTURE)
+  config = workdir_lib.Run(FIXTURE).config()
   assert "remat" not in config.model and config.execution.remat is False
   assert config.model.channels_per_block == (4, 8, 8, 8)
 
 
 def test_old_workdir_restores_its_network_alone_and_samples(old_workdir):
-  config, model, params, step = restore.restore_params(old_workdir)
+  config, model, params, step = workdir_lib.Run(old_workdir).params()
   assert step == 4 and model.config.channels_per_block == (4, 8, 8, 8)
   images = jnp.zeros((2, 32, 32, 1))
   logits = model.sample(params, jax.random.key(0), images, num_samples=3)
@@ -63,7 +63,7 @@ def test_old_workdir_resumes_with_changed_execution_and_evaluates(old_workdir, t
   assert proc.returncode == 0, proc.stderr[-5000:]
   records = writer_lib.read_jsonl(os.path.join(old_workdir, "metrics.jsonl"))
   assert [r["step"] for r in records if "loss" in r] == [1, 2, 4, 5, 6]
-  assert config_lib.load_run_config(old_workdir).execution.remat is True
+  assert workdir_lib.Run(old_workdir).config().execution.remat is True
   proc = _run("experiments.evaluate", f"--workdir={old_workdir}",
               f"--config.data.data_dir={data_dir}")
   assert proc.returncode == 0, proc.stderr[-5000:]
@@ -104,7 +104,7 @@ def test_old_prob_unet_config_keeps_only_the_fields_its_network_used():
   with open(os.path.join(PROB_UNET_FIXTURE, "config.json")) as f:
     saved = json.load(f)["model"]
   assert "latent_dims" in saved and "prob_unet" in saved   # the HPU-Net's fields beside its own
-  config = config_lib.load_run_config(PROB_UNET_FIXTURE)
+  config = workdir_lib.Run(PROB_UNET_FIXTURE).config()
   assert set(config.model) == {"name", *config_lib.model_fields("prob_unet")}
   assert (config.model.name, config.model.channels, config.model.latent_dim,
           config.model.num_1x1_convs) == ("prob_unet", (4, 8, 8, 8), 6, 3)
@@ -112,7 +112,7 @@ def test_old_prob_unet_config_keeps_only_the_fields_its_network_used():
 
 
 def test_old_prob_unet_workdir_restores_and_samples(old_prob_unet_workdir):
-  _, model, params, step = restore.restore_params(old_prob_unet_workdir)
+  _, model, params, step = workdir_lib.Run(old_prob_unet_workdir).params()
   assert step == 4 and model.config.channels == (4, 8, 8, 8)
   logits = model.sample(params, jax.random.key(0), jnp.zeros((2, 32, 32, 1)), num_samples=3)
   assert logits.shape == (3, 2, 32, 32, 2) and bool(jnp.isfinite(logits).all())

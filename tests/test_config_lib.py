@@ -4,6 +4,7 @@ import pytest
 from configs import lidc
 from configs import synthetic
 from hpunet_jax import config_lib
+from hpunet_jax import workdir as workdir_lib
 
 
 @pytest.fixture
@@ -15,7 +16,7 @@ def run_dir(tmp_path):
 
 
 def test_the_runs_config_with_overrides(run_dir):
-  config = config_lib.run_config(run_dir, None, {"eval.num_samples": 7, "eval.split": "test"})
+  config = workdir_lib.tool_config(run_dir, None, {"eval.num_samples": 7, "eval.split": "test"})
   assert (config.eval.num_samples, config.eval.split) == (7, "test")
   assert config.data.data_dir == str(run_dir / "tfds")          # from the run
   assert config.model.channels_per_block == synthetic.get_config("tiny").model.channels_per_block
@@ -27,18 +28,18 @@ def test_a_given_config_must_have_the_runs_data(run_dir):
   other = synthetic.get_config()                                # synthetic_multiscale, not /small
   with pytest.raises(ValueError, match=r"data.name='synthetic_multiscale' differs from the run "
                                        r".*'synthetic_multiscale/small'.*--allow_other_data"):
-    config_lib.run_config(run_dir, other)
-  assert config_lib.run_config(run_dir, other, allow_other_data=True) is other
+    workdir_lib.tool_config(run_dir, other)
+  assert workdir_lib.tool_config(run_dir, other, allow_other_data=True) is other
   same = synthetic.get_config("tiny")                           # same data, stored elsewhere
   same.data.data_dir = "/elsewhere"
-  assert config_lib.run_config(run_dir, same) is same
+  assert workdir_lib.tool_config(run_dir, same) is same
 
 
 def test_no_run_config(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json not found"):
-    config_lib.run_config(tmp_path)
+    workdir_lib.tool_config(tmp_path)
   assert not list(tmp_path.iterdir())
-  assert config_lib.run_config(None, None, {"train.batch_size": 8}).train.batch_size == 8
+  assert workdir_lib.tool_config(None, None, {"train.batch_size": 8}).train.batch_size == 8
 
 
 def test_apply_overrides_names_unknown_fields():
@@ -54,7 +55,7 @@ def test_apply_overrides_names_unknown_fields():
 def test_nested_groups_round_trip_and_take_overrides(tmp_path):
   trained = lidc.get_config("tiny")                                # data.augment on
   (tmp_path / "config.json").write_text(trained.to_json_best_effort())
-  config = config_lib.run_config(tmp_path, None, {"data.augment.max_scale": 1.1})
+  config = workdir_lib.tool_config(tmp_path, None, {"data.augment.max_scale": 1.1})
   assert config.data.augment.enabled is True and config.data.augment.max_scale == 1.1
   assert config.data.augment.elastic_spacing == trained.data.augment.elastic_spacing
   assert config.data.augment.max_translation is None

@@ -13,7 +13,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import synthetic
-from hpunet_jax.evaluation import restore
+from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import checkpoint
 from hpunet_jax.infra import writer as writer_lib
 from hpunet_jax.training import loop
@@ -164,7 +164,7 @@ def _tiny(data_dir, **train):
 
 
 def _final_params(workdir, config):
-  _, _, params, step = restore.restore_params(workdir, config)
+  _, _, params, step = workdir_lib.Run(workdir).params(config)
   return step, jax.tree.leaves(params)
 
 

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from configs import synthetic
-from hpunet_jax.evaluation import restore
+from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import checkpoint, lease
 from hpunet_jax.infra import writer as writer_lib
 from hpunet_jax.data import pipeline
@@ -215,7 +215,7 @@ def test_truncated_checkpoint_file_is_skipped_by_a_reader(killed_twice):
     with open(path, "r+b") as f:
       f.truncate(os.path.getsize(path) // 2)
   # What experiments.evaluate and experiments.sample load with.
-  _, _, params, step = restore.restore_params(workdir)
+  _, _, params, step = workdir_lib.Run(workdir).params()
   assert step == 3 and params
   assert os.path.isdir(step_dir)                  # a reader never moves or deletes
 

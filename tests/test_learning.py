@@ -2,7 +2,8 @@
 import jax
 
 from configs import synthetic
-from hpunet_jax.evaluation import driver, restore
+from hpunet_jax import workdir as workdir_lib
+from hpunet_jax.evaluation import driver
 from hpunet_jax.training import loop
 from hpunet_jax.training.state import create_train_state
 
@@ -22,12 +23,12 @@ def test_exact_scores_improve_with_training(tmp_path):
   trained = loop.train_and_evaluate(config, workdir)
 
   # The same evaluation of the untrained network.
-  _, model, _, _ = restore.restore_params(workdir, config)
+  _, model, _, _ = workdir_lib.Run(workdir).params(config)
   example = next(iter(driver.eval_batches(config, "train", 1)))
   example = {"image": example["image"],
              "segmentation": jax.nn.one_hot(example["masks"][..., 0].astype(int), 2)}
   initial = create_train_state(config, jax.random.key(config.train.seed), example)
-  untrained = driver.run_evaluation(model, restore.local_copy(initial.params["net"]), config,
+  untrained = driver.run_evaluation(model, workdir_lib.local_copy(initial.params["net"]), config,
                                      config.eval.split)
 
   assert trained["exact_ged"] < 0.7 * untrained["exact_ged"], (trained, untrained)

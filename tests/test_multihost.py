@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from hpunet_jax import config_lib
+from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.data import pipeline
 from hpunet_jax.infra import writer as writer_lib
 
@@ -147,7 +147,7 @@ def test_evaluate_and_sample_on_two_processes_match_one(tmp_path):
             "--config.eval.num_examples=6", "--config.eval.num_samples=8",
             "--config.eval.batch_size=4", "--config.eval.sample_chunk=3"]
   # The data the run was trained on (training would have generated it).
-  config = config_lib.load_run_config(str(workdir))
+  config = workdir_lib.Run(str(workdir)).config()
   config.data.data_dir = str(tmp_path / "tfds")
   pipeline.prepare(config.data)
   single = subprocess.run([sys.executable, "-m", "experiments.evaluate", *common], cwd=ROOT,

@@ -22,6 +22,7 @@ import pytest
 
 from configs import prob_unet as prob_unet_configs
 from hpunet_jax import config_lib
+from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.model import HPUNetConfig, ProbUNetConfig, count_params, make_model
 from hpunet_jax.model import prob_unet
 from hpunet_jax.release import prob_unet_names, tf_checkpoint
@@ -305,7 +306,6 @@ def test_a_field_of_another_model_stops_in_one_line_naming_both(tmp_path):
 
 def test_three_channel_prob_unet_trains_restores_and_samples(tmp_path):
   """Training writes a checkpoint whose network restore reads back with its 3 input channels."""
-  from hpunet_jax.evaluation import restore  # pylint: disable=g-import-not-at-top
   from hpunet_jax.training import loop  # pylint: disable=g-import-not-at-top
   config = prob_unet_configs.get_config("tiny")
   config.data.name, config.data.num_channels = "fake", 3
@@ -316,7 +316,7 @@ def test_three_channel_prob_unet_trains_restores_and_samples(tmp_path):
   config.eval.num_figure_examples = 1
   workdir = tmp_path / "run"
   loop.train_and_evaluate(config, workdir)
-  _, model, params, step = restore.restore_params(workdir)
+  _, model, params, step = workdir_lib.Run(workdir).params()
   assert step == 2 and model.input_channels(params) == 3
   logits = model.sample(params, jax.random.key(0), np.zeros((2, 32, 32, 3), np.float32),
                         num_samples=3)
@@ -329,7 +329,7 @@ def test_resuming_an_old_hpunet_run_keeps_it_an_hpunet(tmp_path):
   from hpunet_jax.training import run  # pylint: disable=g-import-not-at-top
   old = json.loads(config_lib.base_config().to_json_best_effort())
   del old["model"]["name"]   # a config.json from before the field
-  (tmp_path / config_lib.RUN_CONFIG_FILE).write_text(json.dumps(old))
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(old))
   run.check_config_matches(str(tmp_path), config_lib.base_config())
   with pytest.raises(run.RunMismatchError, match="model.name='prob_unet'"):
     run.check_config_matches(str(tmp_path), prob_unet_configs.get_config("lidc"))

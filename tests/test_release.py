@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from hpunet_jax import config_lib, release
-from hpunet_jax.evaluation import restore
+from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import checkpoint, parallel
 from hpunet_jax.release import tf_checkpoint
 from hpunet_jax.training import loop
@@ -222,7 +222,7 @@ def imported(tmp_path_factory):
 
 
 def test_import_writes_a_workdir_that_restores_like_a_run(imported, converted):
-  config, model, params, step = restore.restore_params(imported)
+  config, model, params, step = workdir_lib.Run(imported).params()
   assert step == 0 and model.config == make_model(CONFIG).config
   for module, values in converted.params.items():
     for name, value in values.items():
@@ -260,7 +260,7 @@ def test_fine_tuning_starts_from_the_imported_weights(imported, converted, tmp_p
 
 
 def test_colab_figures(imported, tmp_path):
-  config, model, params, _ = restore.restore_params(imported)
+  config, model, params, _ = workdir_lib.Run(imported).params()
   paths, arrays = release.draw_colab_figures(model, params, config, "test",
                                              str(tmp_path / "colab"), num_samples=4)
   assert [os.path.basename(p) for p in paths] == [

@@ -1,7 +1,7 @@
 """Evaluation: the LIDC literature's metrics (`metrics`), exact scores against a known
 distribution (`exact`), the driver that samples and scores a split (`driver`), the scale
 analyses with the one table of sampling variants (`scales`), the text reports (`report`),
-the figures (`figures`) and restoring a run's network for all of them (`restore`).
+the figures (`figures`).
 
 Above the model and the data; below training. docs/evaluation.md.
 """

@@ -8,7 +8,6 @@ built from its fields (`hpunet_jax.config_lib`). The fields in
 so a run may resume with them changed.
 """
 import dataclasses
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -5,9 +5,8 @@ TensorFlow needed), renames every tensor to its Haiku parameter
 (`names.convert`) and writes a normal workdir: `config.json` and an orbax
 checkpoint at step 0 with the imported parameters and a fresh optimiser,
 which `experiments.sample`, `experiments.evaluate` and
-`evaluation.restore.restore_params` read like any run. docs/pretrained.md.
+`workdir.Run(...).params()` read like any run. docs/pretrained.md.
 """
-import json
 import os
 import shutil
 import tarfile
@@ -20,6 +19,7 @@ import jax
 import numpy as np
 
 from hpunet_jax import config_lib
+from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import checkpoint as checkpoint_lib
 from hpunet_jax.infra import parallel
 from hpunet_jax.infra import writer as writer_lib
@@ -100,8 +100,8 @@ def import_release(source, workdir, config=None) -> Converted:
   """
   config = config or lidc_config()
   model_cfg = config_lib.validate(config)
-  workdir = epath.Path(workdir)   # local or gs://...
-  checkpoint_dir = workdir / "checkpoints"
+  run = workdir_lib.Run(workdir)   # local or gs://...
+  checkpoint_dir = run.checkpoint_dir
   with checkpoint_lib.Checkpointer(checkpoint_dir) as checkpointer:
     if checkpointer.latest_step() is not None:
       raise FileExistsError(f"{checkpointer.directory} already holds checkpoints; import into "
@@ -127,9 +127,8 @@ def import_release(source, workdir, config=None) -> Converted:
     checkpointer.save(0, state, extra={"imported_from": str(source),
                                        "release_global_step": converted.release_step},
                       wait=True)
-  writer_lib.write_json(workdir / "config.json",
-                     json.loads(config.to_json_best_effort()))
-  writer_lib.write_json(workdir / IMPORT_FILE, {
+  run.write_config(config)
+  writer_lib.write_json(run.path / IMPORT_FILE, {
       "source": str(source), "scope": converted.scope,
       "release_global_step": converted.release_step,
       "lagrange_multiplier_imported": converted.lagrange_raw is not None,

@@ -11,7 +11,7 @@ package's LIDC defaults):
 needed), renames every tensor to its Haiku parameter (`name_map`) and writes a
 normal workdir: `config.json` and an orbax checkpoint at step 0 with the
 imported parameters and a fresh optimiser, which `experiments.sample`,
-`experiments.evaluate` and `trainer.restore_params` read like any run.
+`experiments.evaluate` and `workdir.Run(...).params()` read like any run.
 
 The name map follows the release's code and Sonnet 1's naming, not guesses:
 

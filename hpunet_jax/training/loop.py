@@ -25,9 +25,9 @@ import ml_collections
 import numpy as np
 
 from hpunet_jax import config_lib
+from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.data import augment, pipeline
 from hpunet_jax.evaluation import driver, figures, report
-from hpunet_jax.evaluation.restore import local_copy, restore_params
 from hpunet_jax.infra import checkpoint as checkpoint_lib
 from hpunet_jax.infra import logs, multihost, parallel
 from hpunet_jax.infra import writer as writer_lib
@@ -36,8 +36,6 @@ from hpunet_jax.model.config import latent_placement
 from hpunet_jax.training import run
 from hpunet_jax.training.state import create_train_state, make_train_step
 
-CHECKPOINT_DIR = config_lib.CHECKPOINT_DIR
-FIGURE_DIR = config_lib.FIGURE_DIR
 
 
 class NonFiniteError(FloatingPointError):
@@ -72,7 +70,7 @@ def _init_params_from(workdir, state, mesh):
   Fine-tuning (`train.init_from`): the step, optimiser, GECO state and RNG
   stay the fresh ones of this run.
   """
-  _, _, params, step = restore_params(workdir)
+  _, _, params, step = workdir_lib.Run(workdir).params()
   ours = jax.tree.map(lambda x: x.shape, state.params["net"])
   theirs = jax.tree.map(lambda x: x.shape, params)
   if ours != theirs:
@@ -125,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     _print_and_log(f"Evaluation on {config.eval.split} at step {step} "
                    f"({results['num_images']} images, {config.eval.num_samples} samples each):\n"
                    + report.format_table(results))
-    _print_and_log(f"Figures are in {workdir / FIGURE_DIR}; metrics in "
+    _print_and_log(f"Figures are in {workdir / workdir_lib.FIGURE_DIR}; metrics in "
                    f"{workdir / writer_lib.METRICS_FILE}; TensorBoard: "
                    f"tensorboard --logdir {workdir}")
   return results
@@ -185,8 +183,8 @@ def _train(config, context, mesh):
     logging.info("Evaluation at step %d on %s took %.1fs.", step, config.eval.split,
                  time.time() - t)
     if context.is_main:
-      paths, _ = figures.draw_figures(model, local_copy(state.params["net"]), config, config.eval.split,
-                                      os.fspath(workdir / FIGURE_DIR / f"step_{step:07d}"),
+      paths, _ = figures.draw_figures(model, workdir_lib.local_copy(state.params["net"]), config, config.eval.split,
+                                      os.fspath(workdir / workdir_lib.FIGURE_DIR / f"step_{step:07d}"),
                                       title=f"step {step}, {config.eval.split}: ",
                                       writer=writer, step=step)
       logging.info("Figures: %s", ", ".join(paths))
@@ -219,7 +217,7 @@ def _train(config, context, mesh):
                         "same command again to resume.", step)
         return {}, step
     if step == start_step:  # nothing left to train
-      found = run.recorded_evaluation(workdir, step) if context.is_main else None
+      found = workdir_lib.Run(workdir).recorded_evaluation(step) if context.is_main else None
       if multihost.broadcast_flag(found is not None):
         logging.info("Already trained to step %d (train.num_steps=%d) and evaluated: the "
                      "evaluation is in %s.", step, train.num_steps,

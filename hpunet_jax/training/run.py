@@ -12,7 +12,7 @@ from absl import logging
 from etils import epath
 import jax
 
-from hpunet_jax import config_lib
+from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import checkpoint as checkpoint_lib
 from hpunet_jax.infra import lease, multihost, writer as writer_lib
 
@@ -30,12 +30,12 @@ def check_config_matches(workdir, config):
   Raises:
     RunMismatchError: naming the first field that differs.
   """
-  path = epath.Path(workdir) / config_lib.RUN_CONFIG_FILE
-  if not path.exists():
+  run = workdir_lib.Run(workdir)
+  if not run.has_config():
     return
   # Read back as the tools read it, so that fields the run's file predates
   # (e.g. `model.name`) hold their defaults: an old run is an HPU-Net.
-  previous = json.loads(config_lib.load_run_config(workdir).to_json_best_effort())
+  previous = json.loads(run.config().to_json_best_effort())
   current = json.loads(config.to_json_best_effort())
   for group in ("model", "loss"):
     for key, value in current.get(group, {}).items():
@@ -114,17 +114,6 @@ def acquire_lease(workdir, is_main):
   return held
 
 
-def recorded_evaluation(workdir, step):
-  """The scalars of the `eval/` record at `step` in metrics.jsonl (None if there is none)."""
-  path = epath.Path(workdir) / writer_lib.METRICS_FILE
-  if not path.exists():
-    return None
-  for record in reversed(writer_lib.read_jsonl(path)):
-    if record.get("step") == step and any(k.startswith("eval/") for k in record):
-      return {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")}
-  return None
-
-
 def restore(checkpointer, state):
   """The newest checkpoint that verifies: `(step, state, extra)`, or `(0, state, None)`.
 
@@ -187,7 +176,7 @@ class RunContext:
     try:
       check_config_matches(self.workdir, self.config)
       self.checkpointer = checkpoint_lib.Checkpointer(
-          self.workdir / config_lib.CHECKPOINT_DIR, max_to_keep=self.config.train.keep_checkpoints)
+          workdir_lib.Run(self.workdir).checkpoint_dir, max_to_keep=self.config.train.keep_checkpoints)
       self._preemption = Preemption(self.checkpointer).__enter__()
     except BaseException:
       self._release()
@@ -204,8 +193,7 @@ class RunContext:
     start_step, state, extra = restore(self.checkpointer, state)
     config = self.config
     if self.is_main:
-      writer_lib.write_json(self.workdir / config_lib.RUN_CONFIG_FILE,
-                            json.loads(config.to_json_best_effort()))
+      workdir_lib.Run(self.workdir).write_config(config)
     self.writer = writer_lib.MetricWriter(self.workdir, enabled=self.is_main,
                                           resume_step=start_step)
     self.writer.write_text(start_step,
