@@ -1,45 +1,9 @@
-"""Tests of hpunet_jax.config_lib's run config: what a tool uses for a run."""
+"""Tests of hpunet_jax.config_lib: overrides by name, and the one line for an unknown field."""
+import sys
+
 import pytest
 
-from configs import lidc
-from configs import synthetic
 from hpunet_jax import config_lib
-from hpunet_jax import workdir as workdir_lib
-
-
-@pytest.fixture
-def run_dir(tmp_path):
-  config = synthetic.get_config("tiny")
-  config.data.data_dir = str(tmp_path / "tfds")
-  (tmp_path / "config.json").write_text(config.to_json_best_effort())
-  return tmp_path
-
-
-def test_the_runs_config_with_overrides(run_dir):
-  config = workdir_lib.tool_config(run_dir, None, {"eval.num_samples": 7, "eval.split": "test"})
-  assert (config.eval.num_samples, config.eval.split) == (7, "test")
-  assert config.data.data_dir == str(run_dir / "tfds")          # from the run
-  assert config.model.channels_per_block == synthetic.get_config("tiny").model.channels_per_block
-  assert isinstance(config.model.channels_per_block, tuple)      # JSON lists back to tuples
-  config_lib.validate(config)
-
-
-def test_a_given_config_must_have_the_runs_data(run_dir):
-  other = synthetic.get_config()                                # synthetic_multiscale, not /small
-  with pytest.raises(ValueError, match=r"data.name='synthetic_multiscale' differs from the run "
-                                       r".*'synthetic_multiscale/small'.*--allow_other_data"):
-    workdir_lib.tool_config(run_dir, other)
-  assert workdir_lib.tool_config(run_dir, other, allow_other_data=True) is other
-  same = synthetic.get_config("tiny")                           # same data, stored elsewhere
-  same.data.data_dir = "/elsewhere"
-  assert workdir_lib.tool_config(run_dir, same) is same
-
-
-def test_no_run_config(tmp_path):
-  with pytest.raises(FileNotFoundError, match="config.json not found"):
-    workdir_lib.tool_config(tmp_path)
-  assert not list(tmp_path.iterdir())
-  assert workdir_lib.tool_config(None, None, {"train.batch_size": 8}).train.batch_size == 8
 
 
 def test_apply_overrides_names_unknown_fields():
@@ -52,12 +16,31 @@ def test_apply_overrides_names_unknown_fields():
     config_lib.apply_overrides(config, {"modle.remat": True})
 
 
-def test_nested_groups_round_trip_and_take_overrides(tmp_path):
-  trained = lidc.get_config("tiny")                                # data.augment on
-  (tmp_path / "config.json").write_text(trained.to_json_best_effort())
-  config = workdir_lib.tool_config(tmp_path, None, {"data.augment.max_scale": 1.1})
-  assert config.data.augment.enabled is True and config.data.augment.max_scale == 1.1
-  assert config.data.augment.elastic_spacing == trained.data.augment.elastic_spacing
-  assert config.data.augment.max_translation is None
-  assert config.to_dict() == {**trained.to_dict(), "data": {
-      **trained.data.to_dict(), "augment": {**trained.data.augment.to_dict(), "max_scale": 1.1}}}
+@pytest.mark.parametrize("argv, line", [
+    (["train", "--config=configs/prob_unet.py:tiny", "--config.model.latent_dims=1,1"],
+     "--config.model.latent_dims: model.latent_dims is not a field of model 'prob_unet' "
+     "(a field of model 'hpunet'); its fields: latent_dim, channels, num_classes, "
+     "convs_per_block, num_1x1_convs, activation"),
+    (["train", "--config=configs/synthetic.py:tiny", "--config.train.num_stepz=5"],
+     "--config.train.num_stepz: the config has no field train.num_stepz "
+     "(did you mean train.num_steps?)"),
+    (["train", "--config=configs/synthetic.py:tiny", "--config.model.remat=True"],
+     "--config.model.remat: model.remat is not a field of model 'hpunet'; its fields: "
+     "latent_dims, channels_per_block, down_channels_per_block, num_classes, convs_per_block, "
+     "blocks_per_level, activation, max_abs_log_sigma "
+     "(it is execution.remat: settings that change no parameter)"),
+    (["train", "--config=configs/synthetic.py:tiny", "--config.modle.remat=True"],
+     "--config.modle.remat: the config has no group modle"),
+])
+def test_an_unknown_override_gets_one_line_naming_it(argv, line, monkeypatch):
+  """The errors ml_collections raises for these overrides, read back into one line."""
+  monkeypatch.setattr(sys, "argv", argv)   # ml_collections reads the overrides from sys.argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", lock_config=True, flag_values=values)
+  with pytest.raises((AttributeError, KeyError)) as error:
+    values(argv)
+  assert cli.unknown_field_message(error.value, argv) == line
+
