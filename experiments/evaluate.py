@@ -49,10 +49,10 @@ def main(argv):
   # (statistics, key in evaluation.json, table, heading), or None.
   if "joint_tvd" in results:  # data with independent objects: per object
     scale_analysis = (scales.object_factor_statistics, "object_scales",
-                      report.format_object_factor_table,
+                      scales.format_object_factor_table,
                       "What each latent scale carries, per object (the others at their means):")
   elif "exact_ged" in results and model.config.num_scales > 1:
-    scale_analysis = (scales.factor_statistics, "scales", report.format_factor_table,
+    scale_analysis = (scales.factor_statistics, "scales", scales.format_factor_table,
                       "What each latent scale carries (samples assigned to their nearest "
                       "candidate):")
   else:
