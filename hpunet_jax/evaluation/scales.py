@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import entropy
 
 from hpunet_jax.evaluation import exact, metrics
-from hpunet_jax.evaluation.driver import OBJECT_KEYS, first_examples
+from hpunet_jax.evaluation.sampling import OBJECT_KEYS, first_examples
 
 
 class Variant(NamedTuple):
