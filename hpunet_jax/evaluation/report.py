@@ -6,8 +6,12 @@ import math
 from typing import Any, Mapping
 
 from hpunet_jax.evaluation import exact
-from hpunet_jax.evaluation.driver import NAN_KEYS, ORDER
 from hpunet_jax.evaluation.scales import MAX_OBJECTS_PRINTED
+from hpunet_jax.evaluation.scorers import candidates, lidc, objects
+
+# The table's rows: the scores against the graders, then the exact scores.
+ORDER = lidc.KEYS + candidates.KEYS
+NAN_KEYS = lidc.NAN_KEYS + candidates.NAN_KEYS
 
 
 def _format_number(x) -> str:
@@ -49,7 +53,7 @@ def format_table(results: Mapping[str, Any]) -> str:
         "",
         f"exact GED (images with a known distribution: {results.get('num_images_exact', 0)})",
         f"  model         {_format_number(results['exact_ged'])}",
-        f"  floor         {_format_number(results['exact_ged_floor'])}"
+        f"  floor         {_format_number(results[candidates.FLOORS['exact_ged']])}"
         "  (expected score of samples drawn from the true distribution)",
         f"  single guess  {_format_number(results['exact_ged_single_guess'])}"
         "  (always the most probable candidate)",
@@ -79,21 +83,22 @@ def format_factor_scores(results: Mapping[str, Any]) -> str:
     low, high = results[f"{key}_ci"]
     return f"{_format_number(results[key])} [{_format_number(low)}, {_format_number(high)}]"
 
-  def floor(key, unit=""):
-    return f"  floor {_format_number(results[key])}{unit}" if key in results else ""
+  def floor(key, unit=""):   # the floor of score `key` (`objects.FLOORS`), where written
+    floor_key = objects.FLOORS[key]
+    return f"  floor {_format_number(results[floor_key])}{unit}" if floor_key in results else ""
 
   num_objects = _num_objects(results)
   lines = ["per-object scores (each sample's state per object: highest IoU inside the "
            f"object's region; {num_objects} objects)"]
   if "object_tvd_mean" in results:
     lines.append(f"  mean object TVD     {cell('object_tvd_mean')}"
-                 f"{floor('object_tvd_mean_floor')}")
-  lines += [f"  joint TVD           {cell('joint_tvd')}{floor('joint_tvd_floor')}",
+                 f"{floor('object_tvd_mean')}")
+  lines += [f"  joint TVD           {cell('joint_tvd')}{floor('joint_tvd')}",
             f"  total correlation   {cell('mutual_information')}"
-            f"{floor('mutual_information_floor', ' nats')}"]
+            f"{floor('mutual_information', ' nats')}"]
   if "pairwise_mutual_information" in results:
     lines.append(f"  pairwise MI (mean)  {cell('pairwise_mutual_information')}"
-                 f"{floor('pairwise_mutual_information_floor', ' nats')}")
+                 f"{floor('pairwise_mutual_information', ' nats')}")
   lines.append(f"  fidelity (mean)     {cell('fidelity')}")
   if "clean_rate" in results:
     lines.append(f"  clean rate (mean)   {cell('clean_rate')}  (IoU >= {exact.CLEAN_IOU} with the "
@@ -108,7 +113,7 @@ def format_factor_scores(results: Mapping[str, Any]) -> str:
     while f"frequency_{o}_{s}" in results:
       frequencies.append(_format_number(results[f"frequency_{o}_{s}"]))
       s += 1
-    lines.append(f"  object {o}: TVD {cell(f'object_tvd_{o}')} floor "
-                 f"{_format_number(results[f'object_tvd_floor_{o}'])}, fidelity "
-                 f"{cell(f'fidelity_{o}')}, state frequencies {' / '.join(frequencies)}")
+    tvd_floor = results[objects.FLOORS["object_tvd_{o}"].format(o=o)]
+    lines.append(f"  object {o}: TVD {cell(f'object_tvd_{o}')} floor {_format_number(tvd_floor)}, "
+                 f"fidelity {cell(f'fidelity_{o}')}, state frequencies {' / '.join(frequencies)}")
   return "\n".join(lines)

@@ -2,33 +2,47 @@
 
 One jitted device function per model and setting (`device_fn`) draws every
 image's samples in chunks of `eval.sample_chunk` (`sample_chunked`, so that
-memory does not grow with the number of samples), reconstructs from every
-grader and returns the IoU matrices and per-image S_NCC / IoU_rec, replicated
-to every process. A batch is padded to a multiple of the devices with copies
-of its first image and sharded over the mesh (`global_inputs`); the padding
-is dropped from the outputs (`batch_outputs`). Each image's samples are
-drawn with keys derived from its index in the split (`image_keys`), so
-nothing depends on the batch size, the chunk size or the devices.
-docs/evaluation.md#on-every-device-keys-chunks-and-memory.
+memory does not grow with the number of samples) and hands them to each
+scorer family's device function (`hpunet_jax.evaluation.scorers`), whose
+outputs come back replicated to every process. A batch is padded to a
+multiple of the devices with copies of its first image and sharded over the
+mesh (`global_inputs`); the padding is dropped from the outputs
+(`batch_outputs`). Each image's samples are drawn with keys derived from its
+index in the split (`image_keys`), so nothing depends on the batch size, the
+chunk size or the devices. docs/evaluation.md#on-every-device-keys-chunks-and-memory.
 """
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hpunet_jax.evaluation import exact, metrics
+from hpunet_jax.evaluation import metrics
 from hpunet_jax.infra import parallel
 
 # Samples drawn at once per image (`eval.sample_chunk`; docs/evaluation.md).
 DEFAULT_SAMPLE_CHUNK = 10
-# Batch keys of data that declares independent objects (`synthetic_objects`).
-OBJECT_KEYS = ("object_regions", "object_states", "object_state_probs")
+# The batch key the samples are drawn from; every eval batch has it.
+IMAGE_KEY = "image"
 
-# Jitted device functions, keyed by (id(model), num_samples, sample_chunk, mesh). The
-# model is kept in the value so that its id cannot be reused by another object
-# while cached.
+# Jitted device functions, keyed by (id(model), num_samples, sample_chunk, mesh,
+# ids of the families). The model and the families are kept in the value so
+# that their ids cannot be reused by other objects while cached.
 _DEVICE_FNS: dict = {}
+
+
+class Draws(NamedTuple):
+  """What the device function draws for a batch of b images, N samples each.
+
+  Attributes:
+    samples: binary foreground `[b, N, H, W]`.
+    mean_probs: the mean class probabilities over the N samples `[b, H, W, C]`.
+    mean_log_probs: the mean `log(p + metrics.LOG_EPSILON)` over the N
+      samples `[b, H, W, C]` (what S_NCC needs of them).
+  """
+  samples: jax.Array
+  mean_probs: jax.Array
+  mean_log_probs: jax.Array
 
 
 def image_keys(rng, indices):
@@ -36,7 +50,8 @@ def image_keys(rng, indices):
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.asarray(indices, jnp.uint32))
 
 
-def sample_chunked(model, params, keys, images, *, num_samples, sample_chunk, mean=False):
+def sample_chunked(model, params, keys, images, *, num_samples, sample_chunk,
+                   mean=False) -> Draws:
   """Draws `num_samples` per image in chunks; a function to call inside `jit`.
 
   Sample `j` of image `i` comes from `fold_in(keys[i], j)` alone, so it does
@@ -55,9 +70,7 @@ def sample_chunked(model, params, keys, images, *, num_samples, sample_chunk, me
     mean: `model.sample`'s `mean`.
 
   Returns:
-    `(samples, mean_probs, mean_log_probs)`: binary foreground `[b, N, H, W]`,
-    and over the N samples the mean class probabilities `[b, H, W, C]` and
-    the mean `log(p + eps)` `[b, H, W, C]` (what S_NCC needs of them).
+    `Draws`: the binary samples and the two means over them.
   """
   chunk = max(1, min(int(sample_chunk), int(num_samples)))
   num_chunks = -(-num_samples // chunk)
@@ -84,55 +97,41 @@ def sample_chunked(model, params, keys, images, *, num_samples, sample_chunk, me
     samples = samples.reshape((num_chunks * chunk, height, width))[:num_samples]
     return samples, sum_probs / num_samples, sum_log / num_samples
 
-  return jax.vmap(one_image)(keys, images)
+  return Draws(*jax.vmap(one_image)(keys, images))
 
 
-def device_fn(model, num_samples, sample_chunk, mesh):
-  """The jitted sample-reconstruct-score function of `model` (built once).
+def input_keys(families) -> tuple:
+  """The batch keys the device function takes: `image` and every family's `needs`."""
+  keys = [IMAGE_KEY]
+  for family in families:
+    keys += [k for k in family.needs if k not in keys]
+  return tuple(keys)
 
-  Called as `fn(params, rng, *global_inputs(...))`. Its inputs are global
+
+def device_fn(model, num_samples, sample_chunk, mesh, families):
+  """The jitted function that samples `model` and runs each family's device part (built once).
+
+  Called as `fn(params, rng, *global_inputs(batch, start, mesh, padded_size,
+  families))`; returns `{family.name: family.on_device(model, params, draws,
+  inputs)}` for the families that have a device part. Its inputs are global
   arrays sharded over the images of `mesh`; its outputs are replicated, so
-  that every process holds every image's matrices.
+  that every process holds every image's outputs.
   """
-  key = (id(model), num_samples, sample_chunk, mesh)
+  families = tuple(families)
+  key = (id(model), num_samples, sample_chunk, mesh, tuple(id(f) for f in families))
   cached = _DEVICE_FNS.get(key)
-  if cached is not None and cached[0] is model:
-    return cached[1]
+  if cached is not None and cached[0] is model and all(
+      a is b for a, b in zip(cached[1], families)):
+    return cached[2]
 
-  def scores_on_device(params, rng, indices, images, masks, candidates, objects=None):
-    keys = image_keys(rng, indices)
-    samples, mean_probs, mean_log = sample_chunked(model, params, keys, images,
-                                                   num_samples=num_samples,
-                                                   sample_chunk=sample_chunk)
-    num_classes = mean_probs.shape[-1]
-    graders = jnp.moveaxis(masks, -1, 1) > 0.5  # [b, M, H, W]
-    batch, num_graders, height, width = graders.shape
-    # All graders of all images in one call: image-major, grader-minor. The
-    # posterior mean draws nothing, so no key is needed.
-    repeated_images = jnp.repeat(images, num_graders, axis=0)
-    segmentations = jax.nn.one_hot(
-        graders.reshape(batch * num_graders, height, width).astype(jnp.int32), num_classes,
-        dtype=jnp.float32)
-    reconstruction_logits = model.reconstruct(params, jax.random.key(0), repeated_images,
-                                              segmentations, mean=True)
-    reconstructions = (jnp.argmax(reconstruction_logits, -1) == 1).reshape(graders.shape)
-    out = dict(
-        iou_ss=metrics.pairwise_iou(samples, samples),
-        iou_sy=metrics.pairwise_iou(samples, graders),
-        iou_yy=metrics.pairwise_iou(graders, graders),
-        iou_rec=metrics.reconstruction_iou(reconstructions, graders),
-        ncc=metrics.ncc_from_means(mean_probs, mean_log, graders),
-    )
-    if candidates is not None:
-      out["iou_sc"] = metrics.pairwise_iou(samples, candidates)
-      out["iou_cc"] = metrics.pairwise_iou(candidates, candidates)
-    if objects is not None:
-      regions, state_masks = objects
-      out["iou_ons"] = exact.object_state_iou(samples, regions, state_masks)  # [b, O, N, S]
-    return out
+  def on_device(params, rng, indices, inputs):
+    draws = sample_chunked(model, params, image_keys(rng, indices), inputs[IMAGE_KEY],
+                           num_samples=num_samples, sample_chunk=sample_chunk)
+    return {f.name: f.on_device(model, params, draws, inputs)
+            for f in families if f.on_device is not None}
 
-  jitted = jax.jit(scores_on_device, out_shardings=parallel.replicated(mesh))
-  _DEVICE_FNS[key] = (model, jitted)
+  jitted = jax.jit(on_device, out_shardings=parallel.replicated(mesh))
+  _DEVICE_FNS[key] = (model, families, jitted)
   return jitted
 
 
@@ -158,36 +157,34 @@ def _pad(x, size):
   return np.concatenate([x, np.repeat(x[:1], size - x.shape[0], axis=0)])
 
 
-def global_inputs(batch, start, mesh, padded_size):
+def global_inputs(batch, start, mesh, padded_size, families):
   """The device function's batch arguments: global arrays sharded over `mesh`.
 
-  `(indices, images, masks, candidates, objects)`; the batch's images get the
-  indices `start, start + 1, ...` (their keys), and every array is padded to
-  `padded_size` images with copies of the first (dropped from the outputs).
+  `(indices, inputs)`: the batch's images get the indices `start, start + 1,
+  ...` (their keys); `inputs` holds the batch's arrays of `input_keys(families)`
+  as float32. Every array is padded to `padded_size` images with copies of
+  the first (dropped from the outputs).
   """
   sharding = parallel.batch_sharding(mesh)
   put = lambda x: jax.make_array_from_callback(
       (padded_size,) + x.shape[1:], sharding,
       lambda index, x=_pad(x, padded_size): x[index])
   indices = np.arange(start, start + padded_size, dtype=np.uint32)
-  candidates = None
-  if "candidates" in batch:
-    candidates = put(np.asarray(batch["candidates"], np.float32))
-  objects = None
-  if OBJECT_KEYS[0] in batch:
-    objects = (put(np.asarray(batch["object_regions"], np.float32)),
-               put(np.asarray(batch["object_states"], np.float32)))
-  return (put(indices), put(np.asarray(batch["image"], np.float32)),
-          put(np.asarray(batch["masks"], np.float32)), candidates, objects)
+  inputs = {k: put(np.asarray(batch[k], np.float32)) for k in input_keys(families)}
+  return put(indices), inputs
 
 
-def batch_outputs(scoring_fn, params, rng, batch, start, mesh, padded_size):
-  """One eval batch through `scoring_fn` (`device_fn`) on every device of `mesh`: host arrays
-  of the batch's images (`global_inputs`), the padding dropped."""
-  size = np.shape(batch["image"])[0]
-  out = scoring_fn(params, rng, *global_inputs(batch, start, mesh, padded_size))
-  # Replicated outputs: every process reads every image's matrices.
-  return {k: np.asarray(v, np.float64)[:size] for k, v in out.items()}
+def batch_outputs(scoring_fn, params, rng, batch, start, mesh, padded_size, families):
+  """One eval batch through `scoring_fn` (`device_fn`) on every device of `mesh`.
+
+  Returns `{family name: {output: float64 host array}}` of the batch's images
+  (`global_inputs`), the padding dropped.
+  """
+  size = np.shape(batch[IMAGE_KEY])[0]
+  out = scoring_fn(params, rng, *global_inputs(batch, start, mesh, padded_size, families))
+  # Replicated outputs: every process reads every image's outputs.
+  return {name: {k: np.asarray(v, np.float64)[:size] for k, v in outputs.items()}
+          for name, outputs in out.items()}
 
 
 def first_examples(batches: Iterable[Mapping[str, Any]], num_examples: Optional[int]):
@@ -202,5 +199,5 @@ def first_examples(batches: Iterable[Mapping[str, Any]], num_examples: Optional[
       if seen >= num_examples:
         return
       batch = {k: np.asarray(v)[:num_examples - seen] for k, v in batch.items()}
-      seen += len(batch["image"])
+      seen += len(batch[IMAGE_KEY])
     yield index, batch

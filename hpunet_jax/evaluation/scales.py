@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import entropy
 
 from hpunet_jax.evaluation import exact, metrics
-from hpunet_jax.evaluation.sampling import OBJECT_KEYS, first_examples
+from hpunet_jax.evaluation.sampling import first_examples
 
 
 class Variant(NamedTuple):
@@ -151,7 +151,7 @@ def object_factor_statistics(model, params, batches: Iterable[Mapping[str, Any]]
   sums: dict = {}
   count = 0
   for index, batch in first_examples(batches, num_examples):
-    if OBJECT_KEYS[0] not in batch:
+    if "object_regions" not in batch:
       raise ValueError("object_factor_statistics needs data with object regions "
                        "(e.g. synthetic_objects)")
     images = jnp.asarray(batch["image"], jnp.float32)
