@@ -200,6 +200,11 @@ def select_examples(config, split, num_examples, indices):
   return {k: v[indices] for k, v in merged.items()}
 
 
+def select_families(config, split) -> tuple:
+  """The scorer families of `split`'s data: `scorers.select` of its first eval batch's keys."""
+  return scorers.select(select_examples(config, split, 1, None))
+
+
 def evaluation_progress(config, split, num_examples, *, print_fn=logging.info):
   """A `Progress` over the images of `split` that an evaluation will see."""
   total = pipeline.num_examples(config.data, split)
@@ -209,14 +214,15 @@ def evaluation_progress(config, split, num_examples, *, print_fn=logging.info):
 
 
 def run_evaluation(model, params, config, split, *, num_samples=None, num_examples=None,
-                   rng=None, print_fn=logging.info, mesh=None):
+                   rng=None, print_fn=logging.info, mesh=None, families=None):
   """Evaluates `params` on `split` with the config's eval settings, with progress lines.
 
   `eval.protocol` says the scores, and with the papers' presets the sample
   count and the images (`protocols.num_samples`, `protocols.num_examples`);
   `num_samples` / `num_examples`, when given, override those. Runs on every
   device of `mesh` (None: all devices of all processes) with the config's
-  `eval.sample_chunk`.
+  `eval.sample_chunk`. `families`: the scorer families (None: those the
+  data's batches provide for, `scorers.select`).
   """
   protocol = protocols.of_config(config.eval)
   num_samples = num_samples or protocols.num_samples(config.eval)
@@ -226,4 +232,4 @@ def run_evaluation(model, params, config, split, *, num_samples=None, num_exampl
   return evaluate(model, params, eval_batches(config, split, num_examples), rng=rng,
                   num_samples=num_samples, num_examples=num_examples,
                   on_batch=progress.update, protocol=protocol,
-                  sample_chunk=config.eval.sample_chunk, mesh=mesh)
+                  sample_chunk=config.eval.sample_chunk, mesh=mesh, families=families)
