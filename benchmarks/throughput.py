@@ -59,7 +59,7 @@ import numpy as np
 from experiments import cli, run_flags
 import hpunet_jax
 from hpunet_jax import config_lib
-from hpunet_jax.evaluation import driver, metrics
+from hpunet_jax.evaluation import metrics, sampling, scorers
 from hpunet_jax.infra import parallel
 from hpunet_jax.data import augment
 
@@ -321,12 +321,12 @@ def bench_sample(config, info, num_samples):
 def bench_ged(config, info, sample_chunk, num_samples=100, num_graders=4, test_images=1980):
   """GED100 as the evaluation computes it, for `--num_images` images on every device.
 
-  The evaluation's own jitted function (`driver.device_fn`: sampling in
-  chunks of `sample_chunk`, posterior-mean reconstructions, IoU matrices and
-  S_NCC), its images sharded over all devices in global batches of
-  `--batch`, plus the host's GED from the matrices; the device memory XLA
-  plans for one call (`xla_peak_mib`: temporaries, arguments and outputs, per
-  device) against the chunk.
+  The evaluation's own jitted function (`sampling.device_fn` with the LIDC
+  scorer family: sampling in chunks of `sample_chunk`, posterior-mean
+  reconstructions, IoU matrices and S_NCC), its images sharded over all
+  devices in global batches of `--batch`, plus the host's GED from the
+  matrices; the device memory XLA plans for one call (`xla_peak_mib`:
+  temporaries, arguments and outputs, per device) against the chunk.
   """
   model = hpunet_jax.make_model(config_lib.model_config(config))
   mesh = parallel.make_mesh()
@@ -338,10 +338,11 @@ def bench_ged(config, info, sample_chunk, num_samples=100, num_graders=4, test_i
                       jnp.asarray(batch["segmentation"][:1]))
   params = parallel.replicate(params, mesh)
   rng = parallel.replicate(jax.random.key(FLAGS.seed + 1), mesh)
-  padded = driver.padded_batch_size(FLAGS.batch, mesh.devices.size)
-  fn = driver.device_fn(model, num_samples, sample_chunk, mesh)
+  padded = sampling.padded_batch_size(FLAGS.batch, mesh.devices.size)
+  families = (scorers.lidc.FAMILY,)
+  fn = sampling.device_fn(model, num_samples, sample_chunk, mesh, families)
   compiled, stats = compile_stats(fn, params, rng,
-                                  *driver.global_inputs(eval_batch, 0, mesh, padded))
+                                  *sampling.global_inputs(eval_batch, 0, mesh, padded, families))
   try:
     mem = compiled.memory_analysis()
     stats["xla_peak_mib"] = round((mem.temp_size_in_bytes + mem.argument_size_in_bytes +
@@ -350,7 +351,8 @@ def bench_ged(config, info, sample_chunk, num_samples=100, num_graders=4, test_i
     pass
 
   def run_batch(i):
-    out = driver.batch_outputs(compiled, params, rng, eval_batch, i * FLAGS.batch, mesh, padded)
+    out = sampling.batch_outputs(compiled, params, rng, eval_batch, i * FLAGS.batch, mesh,
+                                 padded, families)["lidc"]
     return metrics.ged_from_iou(out["iou_sy"], out["iou_ss"], out["iou_yy"])
 
   if FLAGS.memory_only:

@@ -21,8 +21,9 @@ import jax
 
 from experiments import cli, distributed, run_flags
 from hpunet_jax import workdir as workdir_lib
-from hpunet_jax.evaluation import driver, protocols, report, scales
+from hpunet_jax.evaluation import driver, protocols, report, scorers
 from hpunet_jax.infra import logs
+
 
 def main(argv):
   if len(argv) > 1:
@@ -38,26 +39,17 @@ def main(argv):
   num_examples = protocols.num_examples(config.eval)   # None: the whole split
   say(f"Evaluating on {distributed.describe_devices()}, {config.eval.batch_size} images per "
       f"batch, {config.eval.sample_chunk} samples per image at once.")
-  results = driver.run_evaluation(model, params, config, split, print_fn=say)
+  families = driver.select_families(config, split)
+  results = driver.run_evaluation(model, params, config, split, print_fn=say, families=families)
   results.update(step=step, split=split, num_samples=num_samples,
                  protocol=protocols.of_config(config.eval).name)
-  # Which latent scale carries which factor of a known distribution:
-  # (statistics, key in evaluation.json, table, heading), or None.
-  if "joint_tvd" in results:  # data with independent objects: per object
-    scale_analysis = (scales.object_factor_statistics, "object_scales",
-                      report.format_object_factor_table,
-                      "What each latent scale carries, per object (the others at their means):")
-  elif "exact_ged" in results and model.config.num_scales > 1:
-    scale_analysis = (scales.factor_statistics, "scales", report.format_factor_table,
-                      "What each latent scale carries (samples assigned to their nearest "
-                      "candidate):")
-  else:
-    scale_analysis = None
+  # Which latent scale carries which factor of a known distribution, as the
+  # data's most specific scorer family says (or None).
+  scale_analysis = scorers.scale_analysis(families, model.config.num_scales)
   if scale_analysis:
-    statistics, key = scale_analysis[:2]
     # On one device per process (each process computes the same statistics).
     progress = driver.evaluation_progress(config, split, num_examples, print_fn=say)
-    results[key] = statistics(
+    results[scale_analysis.key] = scale_analysis.statistics(
         model, params, driver.eval_batches(config, split, num_examples),
         rng=jax.random.key(config.train.seed + 2), num_samples=num_samples,
         num_examples=num_examples, on_batch=progress.update)
@@ -70,9 +62,8 @@ def main(argv):
         f"protocol {results['protocol']}:")
   print(report.format_table(results))
   if scale_analysis:
-    _, key, table, heading = scale_analysis
-    print(f"\n{heading}")
-    print(table(results[key]))
+    print(f"\n{scale_analysis.heading}")
+    print(scale_analysis.table(results[scale_analysis.key]))
   print(f"Written to {run.evaluation_file}")
 
 

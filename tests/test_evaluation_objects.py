@@ -113,6 +113,6 @@ def test_object_factor_statistics_finds_the_scale_of_each_object():
         assert stats[name][f"entropy_{o}"] == 0.0 and stats[name][f"moved_{o}"] == 0.0
   assert stats["all scales free"]["frequency_1"] == pytest.approx(0.4, abs=0.1)
   assert stats["all scales free"]["fidelity"] == 1.0
-  table = report.format_object_factor_table(stats, DEFINITION.state_probs)
+  table = scales.format_object_factor_table(stats, DEFINITION.state_probs)
   assert "only 2x2 free" in table and "moved" in table
   assert math.isfinite(stats["all scales free"]["mutual_information"])

@@ -1,291 +1,42 @@
-"""Evaluation driver: samples a model on eval batches and scores the samples.
+"""Evaluation driver: samples a model on eval batches and hands the samples to the scorers.
 
 Shared by `experiments.evaluate` and the training loop's periodic evaluation.
 
 Per batch, one jitted device function, sharded over the images on every
-device of every process, draws the samples (in chunks of `eval.sample_chunk`
-per image, so that memory does not grow with the number of samples),
-reconstructs from every grader and returns only IoU matrices and per-image
-S_NCC / IoU_rec (a few hundred floats per image, whatever the image size) to
-every process; every score is then derived from those on the host, the
-Hungarian matching with scipy per image. Each image's samples are drawn with
-keys derived from its index in the split, so its scores do not depend on the
-batch size, the chunk size or the devices. Per-image scores are aggregated
-over the split with `metrics.aggregate`.
-
-Which samples each score uses (N = `num_samples`, default 100):
-  - `ged_16`, `ged_50`, `ged_100`: the first 16 / 50 / 100 samples against all
-    graders (sizes above N are skipped);
-  - `hm_iou_16`: the first 16 samples, samples and graders tiled to their
-    least common multiple (skipped if N < 16);
-  - `ncc` (S_NCC) and `diversity`: all N samples (PHiSeg scores S_NCC on the
-    same samples as its GED; more samples estimate its expectations better).
-    S_NCC is NaN for an image whose maps are constant; the aggregate leaves
-    such images out and counts them in `ncc_num_nan`;
-  - exact scores (where batches carry `candidates`): all N samples, and the
-    floor for N samples, so `exact_ged_normalised` compares like with like;
-  - `iou_rec`: the posterior-mean reconstruction from each grader in turn
-    against that grader, averaged over graders.
-That is the `hpunet` protocol; the literature's others (`eval.protocol`,
-`hpunet_jax.evaluation.protocols`) change the sample count and which of these
-scores are computed, and how.
+device of every process (`sampling.device_fn`), draws the samples in chunks
+and runs the device part of every selected scorer family
+(`hpunet_jax.evaluation.scorers`): IoU matrices and per-image values, a few
+hundred floats per image whatever the image size, which come back to every
+process. Each family then derives its per-image scores from those on the
+host, and aggregates them over the split (`summarise`). The families are
+those whose needs the first batch provides (`scorers.select`); which samples
+each score uses is in each family's module (`scorers.lidc`,
+`scorers.candidates`, `scorers.objects`). Each image's samples are drawn
+with keys derived from its index in the split, so its scores do not depend on
+the batch size, the chunk size or the devices.
 """
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hpunet_jax.data import pipeline
-from hpunet_jax.evaluation import exact, metrics, protocols
+from hpunet_jax.evaluation import protocols, sampling, scorers
 from hpunet_jax.infra import parallel
 from hpunet_jax.infra.progress import Progress
-
-GED_SIZES = (16, 50, 100)
-# Samples drawn at once per image (`eval.sample_chunk`; docs/evaluation.md).
-DEFAULT_SAMPLE_CHUNK = 10
-HM_IOU_SIZE = 16
-# Scores that LIDC papers also report on subset B (all graders marked something).
-SUBSET_B_KEYS = tuple(f"ged_{n}" for n in GED_SIZES) + (f"hm_iou_{HM_IOU_SIZE}",)
-EXACT_KEYS = ("exact_ged", "exact_ged_floor", "exact_ged_single_guess", "exact_ged_normalised",
-              "match_rate", "tvd")
-# Scores that are undefined (NaN) for some images; `<key>_num_nan` counts them.
-NAN_KEYS = ("ncc", "exact_ged_normalised")
-ORDER = tuple(f"ged_{n}" for n in GED_SIZES) + (
-    f"hm_iou_{HM_IOU_SIZE}", "iou_rec", "ncc", "diversity") + EXACT_KEYS
-
-# Batch keys of data that declares independent objects (`synthetic_objects`).
-OBJECT_KEYS = ("object_regions", "object_states", "object_state_probs")
-# Per-image keys of the per-object scores (`_factor_scores`), suffixed `_<o>`
-# per object where they are per object.
-FACTOR_PREFIXES = ("object_tvd", "joint_tvd", "mutual_information", "pairwise_mutual_information",
-                   "fidelity", "clean_rate", "frequency")
-
-# Jitted device functions, keyed by (id(model), num_samples, sample_chunk, mesh). The
-# model is kept in the value so that its id cannot be reused by another object
-# while cached.
-_DEVICE_FNS: dict = {}
-
-
-def image_keys(rng, indices):
-  """Each image's sampling key: `fold_in(rng, index)` of its index in the split."""
-  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.asarray(indices, jnp.uint32))
-
-
-def sample_chunked(model, params, keys, images, *, num_samples, sample_chunk, mean=False):
-  """Draws `num_samples` per image in chunks; a function to call inside `jit`.
-
-  Sample `j` of image `i` comes from `fold_in(keys[i], j)` alone, so it does
-  not depend on the other images of the batch, on the batch size or on
-  `sample_chunk`. The chunks run one after the other (`lax.scan`), so the
-  decoder's activations of only `b * sample_chunk` samples are alive at once.
-
-  Args:
-    model: the model (`model.sample`).
-    params: its parameters.
-    keys: `[b]` PRNG keys, one per image (`image_keys`).
-    images: `[b, H, W, C]`.
-    num_samples: N.
-    sample_chunk: samples drawn at once per image (the last chunk is padded,
-      and its extra samples dropped).
-    mean: `model.sample`'s `mean`.
-
-  Returns:
-    `(samples, mean_probs, mean_log_probs)`: binary foreground `[b, N, H, W]`,
-    and over the N samples the mean class probabilities `[b, H, W, C]` and
-    the mean `log(p + eps)` `[b, H, W, C]` (what S_NCC needs of them).
-  """
-  chunk = max(1, min(int(sample_chunk), int(num_samples)))
-  num_chunks = -(-num_samples // chunk)
-
-  def one_image(key, image):
-    def one_sample(j):
-      return model.sample(params, jax.random.fold_in(key, j), image[None], num_samples=1,
-                          mean=mean)[0, 0]                          # [H, W, C]
-
-    def body(carry, c):
-      sample_ids = c * chunk + jnp.arange(chunk)
-      logits = jax.vmap(one_sample)(sample_ids).astype(jnp.float32)   # [chunk, H, W, C]
-      probs = jax.nn.softmax(logits, -1)
-      valid = (sample_ids < num_samples).astype(jnp.float32)[:, None, None, None]
-      sum_probs, sum_log = carry
-      carry = (sum_probs + (probs * valid).sum(0),
-               sum_log + (jnp.log(probs + metrics.LOG_EPSILON) * valid).sum(0))
-      return carry, jnp.argmax(logits, -1) == 1
-
-    height, width, _ = image.shape
-    num_classes = jax.eval_shape(one_sample, 0).shape[-1]
-    zeros = jnp.zeros((height, width, num_classes), jnp.float32)
-    (sum_probs, sum_log), samples = jax.lax.scan(body, (zeros, zeros), jnp.arange(num_chunks))
-    samples = samples.reshape((num_chunks * chunk, height, width))[:num_samples]
-    return samples, sum_probs / num_samples, sum_log / num_samples
-
-  return jax.vmap(one_image)(keys, images)
-
-
-def device_fn(model, num_samples, sample_chunk, mesh):
-  """The jitted sample-reconstruct-score function of `model` (built once).
-
-  Called as `fn(params, rng, *global_inputs(...))`. Its inputs are global arrays sharded over the images of `mesh`; its outputs
-  are replicated, so that every process holds every image's matrices.
-  """
-  key = (id(model), num_samples, sample_chunk, mesh)
-  cached = _DEVICE_FNS.get(key)
-  if cached is not None and cached[0] is model:
-    return cached[1]
-
-  def scores_on_device(params, rng, indices, images, masks, candidates, objects=None):
-    keys = image_keys(rng, indices)
-    samples, mean_probs, mean_log = sample_chunked(model, params, keys, images,
-                                                   num_samples=num_samples,
-                                                   sample_chunk=sample_chunk)
-    num_classes = mean_probs.shape[-1]
-    graders = jnp.moveaxis(masks, -1, 1) > 0.5  # [b, M, H, W]
-    batch, num_graders, height, width = graders.shape
-    # All graders of all images in one call: image-major, grader-minor. The
-    # posterior mean draws nothing, so no key is needed.
-    repeated_images = jnp.repeat(images, num_graders, axis=0)
-    segmentations = jax.nn.one_hot(
-        graders.reshape(batch * num_graders, height, width).astype(jnp.int32), num_classes,
-        dtype=jnp.float32)
-    reconstruction_logits = model.reconstruct(params, jax.random.key(0), repeated_images,
-                                              segmentations, mean=True)
-    reconstructions = (jnp.argmax(reconstruction_logits, -1) == 1).reshape(graders.shape)
-    out = dict(
-        iou_ss=metrics.pairwise_iou(samples, samples),
-        iou_sy=metrics.pairwise_iou(samples, graders),
-        iou_yy=metrics.pairwise_iou(graders, graders),
-        iou_rec=metrics.reconstruction_iou(reconstructions, graders),
-        ncc=metrics.ncc_from_means(mean_probs, mean_log, graders),
-    )
-    if candidates is not None:
-      out["iou_sc"] = metrics.pairwise_iou(samples, candidates)
-      out["iou_cc"] = metrics.pairwise_iou(candidates, candidates)
-    if objects is not None:
-      regions, state_masks = objects
-      out["iou_ons"] = exact.object_state_iou(samples, regions, state_masks)  # [b, O, N, S]
-    return out
-
-  jitted = jax.jit(scores_on_device, out_shardings=parallel.replicated(mesh))
-  _DEVICE_FNS[key] = (model, jitted)
-  return jitted
-
-
-def _on_mesh(tree, mesh):
-  """`tree` replicated over `mesh`: as it is where it already is, else placed there."""
-  wanted = parallel.replicated(mesh)
-  leaves = jax.tree.leaves(tree)
-  if all(isinstance(x, jax.Array) and x.sharding == wanted for x in leaves):
-    return tree
-  return parallel.replicate(tree, mesh)
-
-
-def padded_batch_size(batch_size, num_devices):
-  """The eval batch rounded up to a multiple of the devices (the padding is dropped)."""
-  return -(-batch_size // num_devices) * num_devices
-
-
-def _pad(x, size):
-  """`x` padded along axis 0 to `size` rows with copies of its first row."""
-  x = np.asarray(x)
-  if x.shape[0] == size:
-    return x
-  return np.concatenate([x, np.repeat(x[:1], size - x.shape[0], axis=0)])
-
-
-def global_inputs(batch, start, mesh, padded_size):
-  """The device function's batch arguments: global arrays sharded over `mesh`.
-
-  `(indices, images, masks, candidates, objects)`; the batch's images get the
-  indices `start, start + 1, ...` (their keys), and every array is padded to
-  `padded_size` images with copies of the first (dropped from the outputs).
-  """
-  sharding = parallel.batch_sharding(mesh)
-  put = lambda x: jax.make_array_from_callback(
-      (padded_size,) + x.shape[1:], sharding,
-      lambda index, x=_pad(x, padded_size): x[index])
-  indices = np.arange(start, start + padded_size, dtype=np.uint32)
-  candidates = None
-  if "candidates" in batch:
-    candidates = put(np.asarray(batch["candidates"], np.float32))
-  objects = None
-  if OBJECT_KEYS[0] in batch:
-    objects = (put(np.asarray(batch["object_regions"], np.float32)),
-               put(np.asarray(batch["object_states"], np.float32)))
-  return (put(indices), put(np.asarray(batch["image"], np.float32)),
-          put(np.asarray(batch["masks"], np.float32)), candidates, objects)
-
-
-def batch_outputs(scoring_fn, params, rng, batch, start, mesh, padded_size):
-  """One eval batch through `scoring_fn` (`device_fn`) on every device of `mesh`: host arrays
-  of the batch's images (`global_inputs`), the padding dropped."""
-  size = np.shape(batch["image"])[0]
-  out = scoring_fn(params, rng, *global_inputs(batch, start, mesh, padded_size))
-  # Replicated outputs: every process reads every image's matrices.
-  return {k: np.asarray(v, np.float64)[:size] for k, v in out.items()}
-
-
-_FLOORS: dict = {}
-
-
-def _factor_floors(state_probs, num_samples):
-  """`exact.factor_score_floors`, cached per distinct `(state_probs, N)`."""
-  key = (np.asarray(state_probs, np.float32).tobytes(), np.shape(state_probs), num_samples)
-  if key not in _FLOORS:
-    _FLOORS[key] = exact.factor_score_floors(state_probs, num_samples, num_draws=1000)
-  return _FLOORS[key]
-
-
-def _factor_scores(iou_ons, state_probs, num_samples) -> dict:
-  """One image's per-object scores and their floors, as flat scalar entries."""
-  scores = exact.factor_scores_from_iou(iou_ons, state_probs)
-  floors = _factor_floors(state_probs, num_samples)
-  flat = {"joint_tvd": scores["joint_tvd"], "joint_tvd_floor": floors["joint_tvd"],
-          "mutual_information": scores["mutual_information"],
-          "mutual_information_floor": floors["mutual_information"],
-          "pairwise_mutual_information": scores["pairwise_mutual_information"],
-          "pairwise_mutual_information_floor": floors["pairwise_mutual_information"],
-          "fidelity": float(np.mean(scores["fidelity"])),
-          "clean_rate": float(np.mean(scores["clean_rate"])),
-          "object_tvd_mean": float(np.mean(scores["object_tvd"])),
-          "object_tvd_mean_floor": float(np.mean(floors["object_tvd"])),
-          "object_tvd_max": float(np.max(scores["object_tvd"]))}
-  for o in range(len(state_probs)):
-    flat[f"object_tvd_{o}"] = scores["object_tvd"][o]
-    flat[f"object_tvd_floor_{o}"] = floors["object_tvd"][o]
-    flat[f"fidelity_{o}"] = scores["fidelity"][o]
-    flat[f"clean_rate_{o}"] = scores["clean_rate"][o]
-    for s, frequency in enumerate(scores["frequencies"][o]):
-      flat[f"frequency_{o}_{s}"] = frequency
-  return flat
-
-
-def first_examples(batches: Iterable[Mapping[str, Any]], num_examples: Optional[int]):
-  """`(index, batch)` of `enumerate(batches)`, cut to the first `num_examples` images.
-
-  The index is the batch's position in `batches` (it keys the batch's PRNG
-  stream); the last batch is truncated; None keeps everything.
-  """
-  seen = 0
-  for index, batch in enumerate(batches):
-    if num_examples is not None:
-      if seen >= num_examples:
-        return
-      batch = {k: np.asarray(v)[:num_examples - seen] for k, v in batch.items()}
-      seen += len(batch["image"])
-    yield index, batch
 
 
 def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
                      num_samples: int = 100, num_examples: Optional[int] = None,
                      on_batch: Optional[Callable[[int], Any]] = None,
                      protocol: Optional[protocols.Protocol] = None,
-                     sample_chunk: int = DEFAULT_SAMPLE_CHUNK, mesh=None) -> dict:
+                     sample_chunk: int = sampling.DEFAULT_SAMPLE_CHUNK, mesh=None,
+                     families: Optional[Iterable[scorers.Family]] = None) -> dict:
   """Scores every image of `batches`, on every device of every process.
 
   Each batch is padded to a multiple of the devices, sharded over the
-  `('data',)` mesh, and its padding dropped; the per-image matrices come
+  `('data',)` mesh, and its padding dropped; the per-image outputs come
   back to every process, which all compute the same scores (process 0 alone
   writes them, in the callers). Image `i` of the split (counted over
   `batches`) samples with `fold_in(rng, i)` and its sample `j` with
@@ -299,10 +50,10 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
       called inside `jit`.
     params: the model's parameters (on one device, or replicated over
       `mesh`, as the training state's are).
-    batches: dicts of numpy arrays: `image` `[b, H, W, C]`, `masks` binary
-      `[b, H, W, M]`, optionally `candidates` binary `[b, K, H, W]` with
-      `candidate_probs` `[b, K]`, and object fields (`OBJECT_KEYS`). Every
-      process passes the same batches.
+    batches: dicts of numpy arrays: `image` `[b, H, W, C]`, and what the
+      families need: `masks` binary `[b, H, W, M]`, optionally `candidates`
+      binary `[b, K, H, W]` with `candidate_probs` `[b, K]`, and object fields
+      (`scorers.objects.NEEDS`). Every process passes the same batches.
     rng: PRNG key.
     num_samples: samples per image.
     num_examples: stop after this many images (all if None).
@@ -311,129 +62,82 @@ def per_image_scores(model, params, batches: Iterable[Mapping[str, Any]], *, rng
     protocol: which scores, on how many samples and images
       (`protocols.Protocol`); None: `hpunet`. Its `num_samples` is not read
       here: `num_samples` is.
-    sample_chunk: samples drawn at once per image (`sample_chunked`): peak
-      memory grows with it, not with `num_samples`; the scores do not change.
+    sample_chunk: samples drawn at once per image (`sampling.sample_chunked`):
+      peak memory grows with it, not with `num_samples`; the scores do not
+      change.
     mesh: the devices; None: `parallel.make_mesh()`, all of every process.
+    families: the scorer families; None: `scorers.select` of the first
+      batch's keys. Every batch must carry what they need.
 
   Returns:
     dict of per-image numpy arrays, keyed like `evaluate`'s means, plus
-    `subset_b` (bool). Exact-score arrays only cover images with candidates.
+    `subset_b` (bool).
   """
+  return _scores(model, params, batches, rng=rng, num_samples=num_samples,
+                 num_examples=num_examples, on_batch=on_batch, protocol=protocol,
+                 sample_chunk=sample_chunk, mesh=mesh, families=families)[1]
+
+
+def _scores(model, params, batches, *, rng, num_samples, num_examples, on_batch, protocol,
+            sample_chunk, mesh, families):
+  """`(families, per_image_scores(...))`: the families scored, and the per-image scores."""
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   if sample_chunk < 1:
     raise ValueError(f"sample_chunk must be >= 1, got {sample_chunk}")
   protocol = protocol or protocols.hpunet()
   mesh = parallel.make_mesh() if mesh is None else mesh
-  scoring_fn = device_fn(model, num_samples, min(sample_chunk, num_samples), mesh)
-  params = _on_mesh(params, mesh)
-  rng = _on_mesh(rng, mesh)
+  params = sampling.on_mesh(params, mesh)
+  rng = sampling.on_mesh(rng, mesh)
   scores: dict = {}
-  add = lambda key, values: scores.setdefault(key, []).append(np.asarray(values, np.float64))
-  subset = []
   seen = 0
-  padded_size = None
-  for _, batch in first_examples(batches, num_examples):
-    images = np.asarray(batch["image"], np.float32)
-    masks = np.asarray(batch["masks"], np.float32)
-    if images.shape[0] == 0:
+  padded_size = scoring_fn = None
+  for _, batch in sampling.first_examples(batches, num_examples):
+    batch_size = np.shape(batch[sampling.IMAGE_KEY])[0]
+    if batch_size == 0:
       continue
-    if padded_size is None:   # the first (full) batch sets the shape of every call
-      padded_size = padded_batch_size(images.shape[0], mesh.devices.size)
-    has_candidates = "candidates" in batch
-    objects = OBJECT_KEYS[0] in batch
-    out = batch_outputs(scoring_fn, params, rng, batch, seen, mesh, padded_size)
-    batch_size = images.shape[0]
-
-    for n in protocol.ged_sizes:
-      if n <= num_samples:
-        add(f"ged_{n}", metrics.ged_from_iou(out["iou_sy"][:, :n], out["iou_ss"][:, :n, :n],
-                                             out["iou_yy"]))
-    hm_size = protocol.hm_iou_size
-    if hm_size is not None and hm_size <= num_samples:
-      matrices = out["iou_sy"]
-      if protocol.hm_iou_num_images is not None:   # BerDiff: the first images only
-        matrices = matrices[:max(0, protocol.hm_iou_num_images - seen)]
-      add(f"hm_iou_{hm_size}", [
-          metrics.hungarian_matched_iou_from_iou(m[:hm_size], tiling=protocol.hm_iou_tiling)
-          for m in matrices])
-    if protocol.iou_rec:
-      add("iou_rec", out["iou_rec"])
-    if protocol.ncc:
-      add("ncc", out["ncc"])
-    if protocol.diversity:
-      add("diversity", (1.0 - out["iou_ss"]).mean(axis=(-2, -1)))
-    subset.append(metrics.subset_b(np.moveaxis(masks, -1, 1)))
-
-    if has_candidates:
-      probs = np.asarray(batch["candidate_probs"], np.float64)
-      for i in range(batch_size):
-        ged = exact.exact_ged_from_iou(out["iou_sc"][i], out["iou_ss"][i], out["iou_cc"][i],
-                                       probs[i])
-        floor = exact.exact_ged_floor_from_iou(out["iou_cc"][i], probs[i], num_samples)
-        single = exact.exact_ged_single_guess_from_iou(out["iou_cc"][i], probs[i])
-        matches = exact.match_statistics_from_iou(out["iou_sc"][i], probs[i])
-        add("exact_ged", [ged])
-        add("exact_ged_floor", [floor])
-        add("exact_ged_single_guess", [single])
-        # A distribution with one candidate has single guess == floor == 0.
-        add("exact_ged_normalised",
-            [exact.normalised_ged(ged, floor, single) if single > floor else np.nan])
-        add("match_rate", [matches["match_rate"]])
-        add("tvd", [matches["tvd"]])
-
-    if objects:
-      state_probs = np.asarray(batch["object_state_probs"], np.float64)
-      for i in range(batch_size):
-        for key, value in _factor_scores(out["iou_ons"][i], state_probs[i], num_samples).items():
-          add(key, [value])
+    if scoring_fn is None:   # the first (full) batch sets the families and every call's shape
+      families = scorers.select(batch) if families is None else tuple(families)
+      padded_size = sampling.padded_batch_size(batch_size, mesh.devices.size)
+      scoring_fn = sampling.device_fn(model, num_samples, min(sample_chunk, num_samples), mesh,
+                                      families)
+    missing = [k for k in sampling.input_keys(families) if k not in batch]
+    if missing:
+      raise ValueError(f"the eval batch of images {seen}.. lacks {missing}, which the scorer "
+                       f"families {[f.name for f in families]} need")
+    outputs = sampling.batch_outputs(scoring_fn, params, rng, batch, seen, mesh, padded_size,
+                                     families)
+    for family in families:
+      per_image = family.per_image(outputs.get(family.name, {}), batch, start=seen,
+                                   num_samples=num_samples, protocol=protocol)
+      for key, values in per_image.items():
+        values = np.asarray(values)
+        scores.setdefault(key, []).append(
+            values if values.dtype == bool else values.astype(np.float64))
     seen += batch_size
     if on_batch is not None:
       on_batch(seen)
 
-  if not subset:
+  if not seen:
     raise ValueError("evaluation saw no images")
-  result = {k: np.concatenate(v) for k, v in scores.items()}
-  result["subset_b"] = np.concatenate(subset)
-  return result
+  return families, {k: np.concatenate(v) for k, v in scores.items()}
 
 
 def summarise(scores: Mapping[str, np.ndarray], *, num_bootstrap: int = 1000,
-              seed: int = 0, protocol: Optional[protocols.Protocol] = None) -> dict:
-  """Aggregates `per_image_scores` into `evaluate`'s flat dict.
+              seed: int = 0, protocol: Optional[protocols.Protocol] = None,
+              families: Optional[Iterable[scorers.Family]] = None) -> dict:
+  """Aggregates `per_image_scores` into `evaluate`'s flat dict: each family's summary.
 
-  Subset B scores where `protocol` (None: `hpunet`) asks for them; a score
-  computed on fewer images than the split (BerDiff's HM-IoU) gets
-  `<key>_num_images`.
+  `families` (None: `scorers.FAMILIES`) each aggregate their own keys of
+  `scores` (`Family.summarise`), in order. Subset B scores where `protocol`
+  (None: `hpunet`) asks for them; a score computed on fewer images than the
+  split (BerDiff's HM-IoU) gets `<key>_num_images`.
   """
   protocol = protocol or protocols.hpunet()
-  subset = np.asarray(scores["subset_b"], bool)
-  results: dict = {"num_images": int(subset.size), "num_images_subset_b": int(subset.sum())}
-
-  def put(key, stats):
-    results[key] = stats["mean"]
-    results[f"{key}_std"] = stats["std"]
-    results[f"{key}_ci"] = [stats["ci_low"], stats["ci_high"]]
-
-  for key in ORDER:
-    if key not in scores:
-      continue
-    values = np.asarray(scores[key], np.float64)
-    stats = metrics.aggregate(values, num_bootstrap=num_bootstrap, seed=seed)
-    put(key, stats)
-    if key in NAN_KEYS:
-      results[f"{key}_num_nan"] = stats["num_nan"]
-    if key.startswith("hm_iou") and values.size != subset.size:
-      results[f"{key}_num_images"] = int(values.size)
-    elif key in SUBSET_B_KEYS and protocol.subset_b:
-      put(f"{key}_subset_b", metrics.aggregate(values, subset=subset, num_bootstrap=num_bootstrap,
-                                               seed=seed))
-  for key in scores:
-    if key.startswith(FACTOR_PREFIXES):
-      values = np.asarray(scores[key], np.float64)
-      put(key, metrics.aggregate(values, num_bootstrap=num_bootstrap, seed=seed))
-  if "exact_ged" in scores:
-    results["num_images_exact"] = int(len(scores["exact_ged"]))
+  results: dict = {}
+  for family in scorers.FAMILIES if families is None else families:
+    results.update(family.summarise(scores, protocol=protocol, num_bootstrap=num_bootstrap,
+                                    seed=seed))
   return results
 
 
@@ -441,30 +145,33 @@ def evaluate(model, params, batches: Iterable[Mapping[str, Any]], *, rng,
              num_samples: int = 100, num_examples: Optional[int] = None,
              num_bootstrap: int = 1000, on_batch: Optional[Callable[[int], Any]] = None,
              protocol: Optional[protocols.Protocol] = None,
-             sample_chunk: int = DEFAULT_SAMPLE_CHUNK, mesh=None) -> dict:
+             sample_chunk: int = sampling.DEFAULT_SAMPLE_CHUNK, mesh=None,
+             families: Optional[Iterable[scorers.Family]] = None) -> dict:
   """Samples `model` on `batches` and returns the split's scores.
 
-  See the module docstring for which samples each score uses, and
-  `per_image_scores` for the arguments. Device memory grows with the
-  images per device times `sample_chunk`, not with `num_samples`.
+  See `per_image_scores` for the arguments, and each family's module for
+  which samples its scores use. Device memory grows with the images per
+  device times `sample_chunk`, not with `num_samples`.
 
   Returns:
     A flat dict. For each score `<key>` in `ged_16`, `ged_50`, `ged_100`,
     `hm_iou_16`, `iou_rec`, `ncc`, `diversity` and, where batches carry
     candidates, `exact_ged`, `exact_ged_floor`, `exact_ged_single_guess`,
-    `exact_ged_normalised`, `match_rate`, `tvd`: `<key>` (mean over images),
-    `<key>_std`, `<key>_ci` ([low, high], percentile bootstrap 95%). For the
-    GED and HM-IoU scores also `<key>_subset_b`, `<key>_subset_b_std`,
-    `<key>_subset_b_ci`. For `ncc` and `exact_ged_normalised` also
-    `<key>_num_nan`, the images where it is undefined (left out of the mean).
-    Plus `num_images`, `num_images_subset_b` and, with candidates,
-    `num_images_exact`. That is for the `hpunet` protocol (`protocol`
-    None); another protocol keeps the keys of the scores it computes.
+    `exact_ged_normalised`, `match_rate`, `tvd`, and where they carry objects
+    the per-object scores (`scorers.objects.KEYS`): `<key>` (mean over
+    images), `<key>_std`, `<key>_ci` ([low, high], percentile bootstrap 95%).
+    For the GED and HM-IoU scores also `<key>_subset_b`,
+    `<key>_subset_b_std`, `<key>_subset_b_ci`. For `ncc` and
+    `exact_ged_normalised` also `<key>_num_nan`, the images where it is
+    undefined (left out of the mean). Plus `num_images`,
+    `num_images_subset_b` and, with candidates, `num_images_exact`. That is
+    for the `hpunet` protocol (`protocol` None); another protocol keeps the
+    keys of the scores it computes.
   """
-  scores = per_image_scores(model, params, batches, rng=rng, num_samples=num_samples,
-                            num_examples=num_examples, on_batch=on_batch, protocol=protocol,
-                            sample_chunk=sample_chunk, mesh=mesh)
-  return summarise(scores, num_bootstrap=num_bootstrap, protocol=protocol)
+  families, scores = _scores(model, params, batches, rng=rng, num_samples=num_samples,
+                             num_examples=num_examples, on_batch=on_batch, protocol=protocol,
+                             sample_chunk=sample_chunk, mesh=mesh, families=families)
+  return summarise(scores, num_bootstrap=num_bootstrap, protocol=protocol, families=families)
 
 
 # ---------------------------------------------------------------------------
@@ -493,6 +200,11 @@ def select_examples(config, split, num_examples, indices):
   return {k: v[indices] for k, v in merged.items()}
 
 
+def select_families(config, split) -> tuple:
+  """The scorer families of `split`'s data: `scorers.select` of its first eval batch's keys."""
+  return scorers.select(select_examples(config, split, 1, None))
+
+
 def evaluation_progress(config, split, num_examples, *, print_fn=logging.info):
   """A `Progress` over the images of `split` that an evaluation will see."""
   total = pipeline.num_examples(config.data, split)
@@ -502,14 +214,15 @@ def evaluation_progress(config, split, num_examples, *, print_fn=logging.info):
 
 
 def run_evaluation(model, params, config, split, *, num_samples=None, num_examples=None,
-                   rng=None, print_fn=logging.info, mesh=None):
+                   rng=None, print_fn=logging.info, mesh=None, families=None):
   """Evaluates `params` on `split` with the config's eval settings, with progress lines.
 
   `eval.protocol` says the scores, and with the papers' presets the sample
   count and the images (`protocols.num_samples`, `protocols.num_examples`);
   `num_samples` / `num_examples`, when given, override those. Runs on every
   device of `mesh` (None: all devices of all processes) with the config's
-  `eval.sample_chunk`.
+  `eval.sample_chunk`. `families`: the scorer families (None: those the
+  data's batches provide for, `scorers.select`).
   """
   protocol = protocols.of_config(config.eval)
   num_samples = num_samples or protocols.num_samples(config.eval)
@@ -519,4 +232,4 @@ def run_evaluation(model, params, config, split, *, num_samples=None, num_exampl
   return evaluate(model, params, eval_batches(config, split, num_examples), rng=rng,
                   num_samples=num_samples, num_examples=num_examples,
                   on_batch=progress.update, protocol=protocol,
-                  sample_chunk=config.eval.sample_chunk, mesh=mesh)
+                  sample_chunk=config.eval.sample_chunk, mesh=mesh, families=families)

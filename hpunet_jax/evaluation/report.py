@@ -1,11 +1,17 @@
-"""Text reports of the evaluation: the metric table and the scale-analysis tables."""
+"""Text reports of the evaluation: the metric table of `driver.evaluate`'s results.
+
+The scale analyses' tables are beside their statistics, in `scales`.
+"""
 import math
 from typing import Any, Mapping
 
-import numpy as np
-
 from hpunet_jax.evaluation import exact
-from hpunet_jax.evaluation.driver import NAN_KEYS, ORDER
+from hpunet_jax.evaluation.scales import MAX_OBJECTS_PRINTED
+from hpunet_jax.evaluation.scorers import candidates, lidc, objects
+
+# The table's rows: the scores against the graders, then the exact scores.
+ORDER = lidc.KEYS + candidates.KEYS
+NAN_KEYS = lidc.NAN_KEYS + candidates.NAN_KEYS
 
 
 def _format_number(x) -> str:
@@ -47,7 +53,7 @@ def format_table(results: Mapping[str, Any]) -> str:
         "",
         f"exact GED (images with a known distribution: {results.get('num_images_exact', 0)})",
         f"  model         {_format_number(results['exact_ged'])}",
-        f"  floor         {_format_number(results['exact_ged_floor'])}"
+        f"  floor         {_format_number(results[candidates.FLOORS['exact_ged']])}"
         "  (expected score of samples drawn from the true distribution)",
         f"  single guess  {_format_number(results['exact_ged_single_guess'])}"
         "  (always the most probable candidate)",
@@ -59,11 +65,6 @@ def format_table(results: Mapping[str, Any]) -> str:
   if "joint_tvd" in results:
     lines += ["", format_factor_scores(results)]
   return "\n".join(lines)
-
-
-# More objects than this: the tables print summaries over objects, and the
-# per-object values stay in evaluation.json.
-MAX_OBJECTS_PRINTED = 4
 
 
 def _num_objects(results) -> int:
@@ -82,21 +83,22 @@ def format_factor_scores(results: Mapping[str, Any]) -> str:
     low, high = results[f"{key}_ci"]
     return f"{_format_number(results[key])} [{_format_number(low)}, {_format_number(high)}]"
 
-  def floor(key, unit=""):
-    return f"  floor {_format_number(results[key])}{unit}" if key in results else ""
+  def floor(key, unit=""):   # the floor of score `key` (`objects.FLOORS`), where written
+    floor_key = objects.FLOORS[key]
+    return f"  floor {_format_number(results[floor_key])}{unit}" if floor_key in results else ""
 
   num_objects = _num_objects(results)
   lines = ["per-object scores (each sample's state per object: highest IoU inside the "
            f"object's region; {num_objects} objects)"]
   if "object_tvd_mean" in results:
     lines.append(f"  mean object TVD     {cell('object_tvd_mean')}"
-                 f"{floor('object_tvd_mean_floor')}")
-  lines += [f"  joint TVD           {cell('joint_tvd')}{floor('joint_tvd_floor')}",
+                 f"{floor('object_tvd_mean')}")
+  lines += [f"  joint TVD           {cell('joint_tvd')}{floor('joint_tvd')}",
             f"  total correlation   {cell('mutual_information')}"
-            f"{floor('mutual_information_floor', ' nats')}"]
+            f"{floor('mutual_information', ' nats')}"]
   if "pairwise_mutual_information" in results:
     lines.append(f"  pairwise MI (mean)  {cell('pairwise_mutual_information')}"
-                 f"{floor('pairwise_mutual_information_floor', ' nats')}")
+                 f"{floor('pairwise_mutual_information', ' nats')}")
   lines.append(f"  fidelity (mean)     {cell('fidelity')}")
   if "clean_rate" in results:
     lines.append(f"  clean rate (mean)   {cell('clean_rate')}  (IoU >= {exact.CLEAN_IOU} with the "
@@ -111,59 +113,7 @@ def format_factor_scores(results: Mapping[str, Any]) -> str:
     while f"frequency_{o}_{s}" in results:
       frequencies.append(_format_number(results[f"frequency_{o}_{s}"]))
       s += 1
-    lines.append(f"  object {o}: TVD {cell(f'object_tvd_{o}')} floor "
-                 f"{_format_number(results[f'object_tvd_floor_{o}'])}, fidelity "
-                 f"{cell(f'fidelity_{o}')}, state frequencies {' / '.join(frequencies)}")
-  return "\n".join(lines)
-
-
-def format_factor_table(stats: Mapping[str, Mapping[str, float]], true_p_foreground=None) -> str:
-  """A table of `factor_statistics` (one row per setting)."""
-  keys = ("p_foreground", "global_tvd", "local_tvd", "local_entropy", "match_rate")
-  lines = ["setting          | " + " | ".join(f"{k:>13}" for k in keys),
-           "-----------------+-" + "-+-".join("-" * 13 for _ in keys)]
-  for variant, values in stats.items():
-    lines.append(f"{variant:<16} | " + " | ".join(
-        f"{values[k]:13.3f}" if k in values else f"{'-':>13}" for k in keys))
-  if true_p_foreground is not None:
-    lines.append(f"(true p_foreground {true_p_foreground:.3f})")
-  return "\n".join(lines)
-
-
-def format_object_factor_table(stats: Mapping[str, Mapping[str, float]],
-                               state_probs=None) -> str:
-  """A table of `object_factor_statistics` (one row per setting).
-
-  Per object columns for at most `MAX_OBJECTS_PRINTED` objects; beyond that,
-  the means over objects of the same statistics (per-object values stay in
-  evaluation.json).
-  """
-  first = next(iter(stats.values()))
-  num_objects = sum(1 for k in first if k.startswith("frequency_"))
-  per_object = num_objects <= MAX_OBJECTS_PRINTED
-  header = ["setting".ljust(22)]
-  if per_object:
-    for o in range(num_objects):
-      header += [f"p{o} state 1", f"H{o}", f"moved{o}", f"TVD{o}"]
-  else:
-    header += ["mean H", "mean moved", "mean TVD"]
-  header += ["joint TVD", "MI", "fidelity"]
-  lines = [" | ".join(f"{h:>10}" if i else h for i, h in enumerate(header))]
-  for variant, values in stats.items():
-    cells = [variant.ljust(22)]
-    if per_object:
-      for o in range(num_objects):
-        cells += [f"{values[f'{k}_{o}']:10.3f}" for k in ("frequency", "entropy", "moved", "tvd")]
-    else:
-      cells += [f"{np.mean([values[f'{k}_{o}'] for o in range(num_objects)]):10.3f}"
-                for k in ("entropy", "moved", "tvd")]
-    cells += [f"{values[k]:10.3f}" for k in ("joint_tvd", "mutual_information", "fidelity")]
-    lines.append(" | ".join(cells))
-  if not per_object:
-    lines.append(f"(means over the {num_objects} objects: H entropy of an object's state, "
-                 "nats; moved: TVD from the all-means setting; MI: total correlation)")
-  elif state_probs is not None:
-    truth = ", ".join(f"object {o}: {p[1]:.2f}" for o, p in enumerate(np.asarray(state_probs)))
-    lines.append(f"(true P(state 1): {truth}; Ho: entropy of object o's state, nats; moved: TVD "
-                 "from the all-means setting)")
+    tvd_floor = results[objects.FLOORS["object_tvd_{o}"].format(o=o)]
+    lines.append(f"  object {o}: TVD {cell(f'object_tvd_{o}')} floor {_format_number(tvd_floor)}, "
+                 f"fidelity {cell(f'fidelity_{o}')}, state frequencies {' / '.join(frequencies)}")
   return "\n".join(lines)

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import entropy
 
 from hpunet_jax.evaluation import exact, metrics
-from hpunet_jax.evaluation.driver import OBJECT_KEYS, first_examples
+from hpunet_jax.evaluation.sampling import first_examples
 
 
 class Variant(NamedTuple):
@@ -151,7 +151,7 @@ def object_factor_statistics(model, params, batches: Iterable[Mapping[str, Any]]
   sums: dict = {}
   count = 0
   for index, batch in first_examples(batches, num_examples):
-    if OBJECT_KEYS[0] not in batch:
+    if "object_regions" not in batch:
       raise ValueError("object_factor_statistics needs data with object regions "
                        "(e.g. synthetic_objects)")
     images = jnp.asarray(batch["image"], jnp.float32)
@@ -189,3 +189,60 @@ def object_factor_statistics(model, params, batches: Iterable[Mapping[str, Any]]
   if not count:
     raise ValueError("object_factor_statistics saw no images")
   return {v: {k: x / count for k, x in sums[v].items()} for v in variants}
+
+
+# More objects than this: the tables print summaries over objects, and the
+# per-object values stay in evaluation.json.
+MAX_OBJECTS_PRINTED = 4
+
+
+def format_factor_table(stats: Mapping[str, Mapping[str, float]], true_p_foreground=None) -> str:
+  """A table of `factor_statistics` (one row per setting)."""
+  keys = ("p_foreground", "global_tvd", "local_tvd", "local_entropy", "match_rate")
+  lines = ["setting          | " + " | ".join(f"{k:>13}" for k in keys),
+           "-----------------+-" + "-+-".join("-" * 13 for _ in keys)]
+  for variant, values in stats.items():
+    lines.append(f"{variant:<16} | " + " | ".join(
+        f"{values[k]:13.3f}" if k in values else f"{'-':>13}" for k in keys))
+  if true_p_foreground is not None:
+    lines.append(f"(true p_foreground {true_p_foreground:.3f})")
+  return "\n".join(lines)
+
+
+def format_object_factor_table(stats: Mapping[str, Mapping[str, float]],
+                               state_probs=None) -> str:
+  """A table of `object_factor_statistics` (one row per setting).
+
+  Per object columns for at most `MAX_OBJECTS_PRINTED` objects; beyond that,
+  the means over objects of the same statistics (per-object values stay in
+  evaluation.json).
+  """
+  first = next(iter(stats.values()))
+  num_objects = sum(1 for k in first if k.startswith("frequency_"))
+  per_object = num_objects <= MAX_OBJECTS_PRINTED
+  header = ["setting".ljust(22)]
+  if per_object:
+    for o in range(num_objects):
+      header += [f"p{o} state 1", f"H{o}", f"moved{o}", f"TVD{o}"]
+  else:
+    header += ["mean H", "mean moved", "mean TVD"]
+  header += ["joint TVD", "MI", "fidelity"]
+  lines = [" | ".join(f"{h:>10}" if i else h for i, h in enumerate(header))]
+  for variant, values in stats.items():
+    cells = [variant.ljust(22)]
+    if per_object:
+      for o in range(num_objects):
+        cells += [f"{values[f'{k}_{o}']:10.3f}" for k in ("frequency", "entropy", "moved", "tvd")]
+    else:
+      cells += [f"{np.mean([values[f'{k}_{o}'] for o in range(num_objects)]):10.3f}"
+                for k in ("entropy", "moved", "tvd")]
+    cells += [f"{values[k]:10.3f}" for k in ("joint_tvd", "mutual_information", "fidelity")]
+    lines.append(" | ".join(cells))
+  if not per_object:
+    lines.append(f"(means over the {num_objects} objects: H entropy of an object's state, "
+                 "nats; moved: TVD from the all-means setting; MI: total correlation)")
+  elif state_probs is not None:
+    truth = ", ".join(f"object {o}: {p[1]:.2f}" for o, p in enumerate(np.asarray(state_probs)))
+    lines.append(f"(true P(state 1): {truth}; Ho: entropy of object o's state, nats; moved: TVD "
+                 "from the all-means setting)")
+  return "\n".join(lines)
