@@ -20,11 +20,6 @@ information 0.026 nats (HPU-Net 0.020; floor 0.021), fidelity 0.958
 """
 from configs import synthetic_objects
 
-# Measured on the first 100 test images after the full schedule (docs/results.md).
-EXPECTED = dict(object_tvd_0=0.044, object_tvd_1=0.049, object_tvd_2=0.049, joint_tvd=0.120,
-                mutual_information=0.026, fidelity=0.958, exact_ged=0.0127,
-                exact_ged_normalised=0.021)
-
 
 def get_config(arg=None):
   config = synthetic_objects.get_config(arg)

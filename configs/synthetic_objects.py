@@ -20,11 +20,6 @@ data, a few steps) for smoke tests.
 """
 import configs
 
-# Measured on the first 100 test images after the full schedule (docs/results.md).
-EXPECTED = dict(object_tvd_0=0.037, object_tvd_1=0.069, object_tvd_2=0.069, joint_tvd=0.128,
-                mutual_information=0.020, fidelity=0.949, exact_ged=0.0155,
-                exact_ged_normalised=0.028)
-
 
 def shared_settings(config, arg):
   """Data, optimiser, steps, batch, seed and evaluation of both objects configs."""
