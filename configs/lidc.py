@@ -35,27 +35,14 @@ smoke test of the recipe: the same data, crops and augmentation for a few
 steps, with a small network (4 levels of 4-8 channels instead of the 21.9M
 parameters) so that it runs in about a minute on a CPU.
 """
+from configs import common
 from hpunet_jax import config_lib
 
 
 def get_config(arg=None):
-  config = config_lib.base_config()  # the LIDC defaults
-  config.eval.num_examples = 500     # a fixed slice of validation during training
-  config.data.augment.enabled = True  # 180x180 examples -> augmented 128x128 crops
-  if arg == "tiny":
-    config.model.channels_per_block = (4, 8, 8, 8)
-    config.model.latent_dims = (1, 1)
-    config.model.blocks_per_level = 1
-    config.model.convs_per_block = 2
-    config.train.num_steps = 4
-    config.train.log_every = 1
-    config.train.eval_every = 4
-    config.train.checkpoint_every = 2
-    config.train.batch_size = 2
-    config.eval.num_examples = 2
-    config.eval.num_samples = 16
-    config.eval.batch_size = 2
-    config.eval.num_figure_examples = 2
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/lidc.py: unknown argument {arg!r} (use 'tiny' or nothing)")
+  tiny = common.parse_arg("configs/lidc.py", arg) == "tiny"
+  config = config_lib.base_config()   # the LIDC defaults: the release's model, GECO
+  common.lidc_budget(config, tiny)    # 180x180 examples -> augmented 128x128 crops
+  if tiny:
+    common.tiny_hpunet(config)        # 4 levels of 4-8 channels; latents at 1x1, 2x2
   return config

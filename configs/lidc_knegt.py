@@ -39,31 +39,14 @@ Runtime: days on one GPU (not measured here). `:tiny` is a smoke run: a small
 network (4 levels of 4-8 channels), 4 steps of batch 2 and a 2-image
 evaluation with 16 samples, about a minute on a CPU.
 """
+from configs import common
 from hpunet_jax import config_lib
 
 
 def get_config(arg=None):
-  config = config_lib.base_config()  # the LIDC defaults
-  config.data.name = "lidc_knegt"      # = lidc_knegt/mose
-  config.data.image_size = 128
-  config.data.num_graders = 4
-  config.data.crop_size = 128          # the whole image: no crop
-  config.data.augment.enabled = True   # rotation, scale, shear, elastic; no translation (no margin)
-  config.eval.num_examples = 500       # a fixed slice of validation during training
-  if arg == "tiny":
-    config.model.channels_per_block = (4, 8, 8, 8)
-    config.model.latent_dims = (1, 1)
-    config.model.blocks_per_level = 1
-    config.model.convs_per_block = 2
-    config.train.num_steps = 4
-    config.train.log_every = 1
-    config.train.eval_every = 4
-    config.train.checkpoint_every = 2
-    config.train.batch_size = 2
-    config.eval.num_examples = 2
-    config.eval.num_samples = 16
-    config.eval.batch_size = 2
-    config.eval.num_figure_examples = 2
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/lidc_knegt.py: unknown argument {arg!r} (use 'tiny' or nothing)")
+  tiny = common.parse_arg("configs/lidc_knegt.py", arg) == "tiny"
+  config = config_lib.base_config()     # the LIDC defaults: the release's model, GECO
+  common.lidc_knegt_budget(config, tiny)  # 128x128, no crop; augmented, no translation
+  if tiny:
+    common.tiny_hpunet(config)          # 4 levels of 4-8 channels; latents at 1x1, 2x2
   return config

@@ -55,45 +55,27 @@ Unverified:
   public, so no LIDC setting of the release is verified beyond the network;
 - TF's `piecewise_constant` changes the rate one step later than optax.
 """
-from configs import lidc, synthetic
+from configs import common
 from hpunet_jax import config_lib
-
-# The release's network (training/prob_unet_config.py).
-RELEASE_CHANNELS = (32, 64, 128, 192, 192, 192, 192)
-
-
-def release_model(config, channels):
-  """The release's network, ELBO and L2 rule in `config` (channels as given)."""
-  config.model = config_lib.model_group(
-      "prob_unet", channels=channels, latent_dim=6, convs_per_block=3, num_1x1_convs=3,
-      num_classes=config.model.num_classes)
-  config.loss.type = "elbo"
-  config.loss.beta = 1.0
-  config.loss.top_k_percentage = None
-  config.loss.l2_weight = 1e-5
-
-
-def quarter_release(config, arg, num_levels):
-  """`release_model` at a quarter of the release's widths on its first `num_levels` levels, as
-  the CPU-sized comparisons use it; `:tiny` shrinks it to 4 levels of 4-8 channels, 2 convs."""
-  release_model(config, tuple(c // 4 for c in RELEASE_CHANNELS[:num_levels]))
-  if arg == "tiny":
-    config.model.channels = (4, 8, 8, 8)
-    config.model.convs_per_block = 2
-  return config
 
 
 def get_config(arg=None):
+  arg = common.parse_arg("configs/prob_unet.py", arg, ("tiny", "lidc"))
+  config = config_lib.base_config()
   if arg == "lidc":
-    config = lidc.get_config()
-    release_model(config, RELEASE_CHANNELS)
+    common.lidc_budget(config)
+    common.release_prob_unet(config, common.RELEASE_CHANNELS)
+    # The release's schedule (`learning_rate_kwargs`, `n_training_batches`).
     config.optim.learning_rate = 1e-4
     config.optim.schedule = "piecewise"
     config.optim.boundaries = (80_000, 160_000)
     config.optim.decay_factors = (0.5, 0.2)
     config.train.num_steps = 240_000
     return config
-  if arg not in (None, "", "tiny"):
-    raise ValueError(f"configs/prob_unet.py: unknown argument {arg!r} "
-                     "(use 'tiny', 'lidc' or nothing)")
-  return quarter_release(synthetic.get_config(arg), arg, len(RELEASE_CHANNELS))
+
+  common.synthetic_multiscale_budget(config, arg == "tiny")
+  common.quarter_release_prob_unet(config, len(common.RELEASE_CHANNELS))
+  config.loss.kappa = 0.02   # GECO's, as in configs/synthetic.py; the ELBO does not read it
+  if arg == "tiny":
+    common.tiny_prob_unet(config)
+  return config

@@ -7,7 +7,7 @@ The network of `configs/prob_unet.py` (the release's: 7 levels, 3 convs per
 block, one global 6-d latent, three 1x1 convs in f_comb; at a quarter of its
 widths, 8..48 channels) trained with the release's ELBO (beta 1, L2 1e-5 on
 the weights) on the same data, steps, batch, optimiser and seed as the
-HPU-Net of `configs/synthetic_grid.py` (`synthetic_grid.shared_settings`).
+HPU-Net of `configs/synthetic_grid.py` (`common.synthetic_grid_budget`).
 
 Runtime: 22.9 CPU-minutes (48 min wall on the shared 2-core development VM,
 2026-12-02, beside the HPU-Net's run). Expected numbers (test, first 100
@@ -17,11 +17,15 @@ three-state objects 0.004 (truth 0.30), IoU_rec 0.59.
 
 `:tiny`: the `small` grid data, 4 levels of 4-8 channels, a few steps.
 """
-import configs
-from configs import prob_unet, synthetic_grid
+from configs import common
+from hpunet_jax import config_lib
 
 
 def get_config(arg=None):
-  config = configs.with_shared_settings(synthetic_grid.shared_settings, arg,
-                                       "configs/prob_unet_grid.py")
-  return prob_unet.quarter_release(config, arg, len(prob_unet.RELEASE_CHANNELS))
+  tiny = common.parse_arg("configs/prob_unet_grid.py", arg) == "tiny"
+  config = config_lib.base_config()
+  common.synthetic_grid_budget(config, tiny)
+  common.quarter_release_prob_unet(config, num_levels=len(common.RELEASE_CHANNELS))
+  if tiny:
+    common.tiny_prob_unet(config)
+  return config

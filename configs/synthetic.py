@@ -18,61 +18,22 @@ docs/results.md for why the match rate and TVD stay low.
 `--config=configs/synthetic.py:tiny` shrinks everything (32x32 data, a few
 steps) for smoke tests.
 """
+from configs import common
 from hpunet_jax import config_lib
-
-# Measured on the first 100 test images after the full schedule (docs/results.md).
-EXPECTED = dict(exact_ged=0.050, exact_ged_normalised=0.11, iou_rec=0.99, match_rate=0.45,
-                tvd=0.55)
 
 
 def get_config(arg=None):
+  tiny = common.parse_arg("configs/synthetic.py", arg) == "tiny"
   config = config_lib.base_config()
-
-  config.data.name = "synthetic_multiscale"
-  config.data.crop_size = None
+  common.synthetic_multiscale_budget(config, tiny)
 
   # 64x64 down to 1x1 in 7 levels; latents at 1x1, 2x2, 4x4 and 8x8 as in
   # the release's LIDC setting (128x128 in 8 levels).
   # Few channels: on 2 CPU cores the step time, not capacity, limits quality.
-  config.model.channels_per_block = (8, 16, 16, 16, 16, 16, 16)
-  config.model.latent_dims = (1, 1, 1, 1)
-  config.model.blocks_per_level = 1
-  config.model.convs_per_block = 2
+  common.hpunet_model(config, channels_per_block=(8, 16, 16, 16, 16, 16, 16),
+                      latent_dims=(1, 1, 1, 1))
+  common.geco_loss(config, kappa=0.02)
 
-  config.loss.type = "geco"
-  config.loss.kappa = 0.02
-  config.loss.top_k_percentage = None
-
-  config.optim.learning_rate = 1e-3
-  config.optim.schedule = "piecewise"
-  config.optim.boundaries = (1200,)
-  config.optim.decay_factor = 0.3
-
-  config.train.batch_size = 32
-  config.train.num_steps = 1500
-  config.train.log_every = 100
-  config.train.eval_every = 1500
-  config.train.checkpoint_every = 500
-
-  config.eval.split = "validation"
-  config.eval.num_examples = 100   # the final table and experiments.evaluate (None: all)
-  config.eval.num_samples = 100
-  config.eval.batch_size = 20
-  config.eval.num_figure_examples = 4
-
-  if arg == "tiny":
-    config.data.name = "synthetic_multiscale/small"
-    config.model.channels_per_block = (4, 8, 8, 8)
-    config.model.latent_dims = (1, 1)
-    config.train.batch_size = 8
-    config.train.num_steps = 6
-    config.train.log_every = 2
-    config.train.eval_every = 6
-    config.train.checkpoint_every = 3
-    config.eval.num_examples = 4
-    config.eval.num_samples = 16
-    config.eval.batch_size = 4
-    config.eval.num_figure_examples = 2
-  elif arg not in (None, ""):
-    raise ValueError(f"configs/synthetic.py: unknown argument {arg!r} (use 'tiny' or nothing)")
+  if tiny:
+    common.tiny_hpunet(config)   # 4 levels for the 32x32 `small` data; latents at 1x1, 2x2
   return config

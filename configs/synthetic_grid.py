@@ -25,71 +25,26 @@ on the 4x4 latent. The first recipe, GECO with kappa 0.02
 `--config=configs/synthetic_grid.py:tiny` shrinks everything (the `small`
 data, a few steps) for smoke tests.
 """
-import configs
-
-# The budget both grid configs share (configs/prob_unet_grid.py reads it).
-NUM_STEPS = 2000
-BATCH_SIZE = 32
-
-
-def shared_settings(config, arg):
-  """Data, optimiser, steps, batch, seed and evaluation of both grid configs."""
-  config.data.name = "synthetic_grid"
-  config.data.crop_size = None
-
-  config.optim.learning_rate = 1e-3
-  config.optim.schedule = "piecewise"
-  config.optim.boundaries = (int(NUM_STEPS * 0.8),)
-  config.optim.decay_factor = 0.3
-
-  config.train.seed = 0
-  config.train.batch_size = BATCH_SIZE
-  config.train.num_steps = NUM_STEPS
-  config.train.log_every = 100
-  config.train.eval_every = NUM_STEPS
-  config.train.checkpoint_every = 500
-
-  config.eval.split = "validation"
-  config.eval.num_examples = 100
-  config.eval.num_samples = 100
-  config.eval.batch_size = 10
-  config.eval.num_figure_examples = 4
-
-  if arg == "tiny":
-    config.data.name = "synthetic_grid/small"
-    config.train.batch_size = 4
-    config.train.num_steps = 4
-    config.optim.boundaries = (3,)
-    config.train.log_every = 2
-    config.train.eval_every = 4
-    config.train.checkpoint_every = 2
-    config.eval.num_examples = 2
-    config.eval.num_samples = 8
-    config.eval.batch_size = 2
-    config.eval.num_figure_examples = 1
-  elif arg not in (None, ""):
-    raise ValueError(f"unknown argument {arg!r} (use 'tiny' or nothing)")
-  return config
+from configs import common
+from hpunet_jax import config_lib
 
 
 def get_config(arg=None):
-  config = configs.with_shared_settings(shared_settings, arg, "configs/synthetic_grid.py")
+  tiny = common.parse_arg("configs/synthetic_grid.py", arg) == "tiny"
+  config = config_lib.base_config()
+  common.synthetic_grid_budget(config, tiny)
 
   # 64x64 down to 1x1 in 7 levels; latents at 1x1, 2x2 and 4x4 (one cell per object).
-  config.model.channels_per_block = (8, 16, 16, 16, 16, 16, 16)
-  config.model.latent_dims = (1, 1, 1)
-  config.model.blocks_per_level = 1
-  config.model.convs_per_block = 2
+  common.hpunet_model(config, channels_per_block=(8, 16, 16, 16, 16, 16, 16),
+                      latent_dims=(1, 1, 1))
 
   # The ELBO with beta 10, not GECO: at an effective beta near 1 (the ELBO's, or
   # GECO's with kappa 0.02, whose lambda stayed near 1.2) the posterior coded each
   # state in a spike of 0.03 prior sigmas, and prior samples between the spikes
   # decoded to specks and in-between discs (docs/results.md, "Why the absent state
   # was dropped"); beta 10 widens it to 0.3 prior sigmas.
-  config.loss.type = "elbo"
-  config.loss.beta = 10.0
-  config.loss.top_k_percentage = None
+  common.elbo_loss(config, beta=10.0)
 
-  if arg == "tiny":
-    config.model.channels_per_block = (4, 4, 4, 4, 4, 4, 4)
+  if tiny:
+    common.tiny_hpunet(config, num_levels=7, width=4, num_latents=3)
   return config

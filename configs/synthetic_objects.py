@@ -18,69 +18,21 @@ normalised exact GED 0.028; the 2x2 latent carries all three objects' factors.
 `--config=configs/synthetic_objects.py:tiny` shrinks everything (the `small`
 data, a few steps) for smoke tests.
 """
-import configs
-
-# Measured on the first 100 test images after the full schedule (docs/results.md).
-EXPECTED = dict(object_tvd_0=0.037, object_tvd_1=0.069, object_tvd_2=0.069, joint_tvd=0.128,
-                mutual_information=0.020, fidelity=0.949, exact_ged=0.0155,
-                exact_ged_normalised=0.028)
-
-
-def shared_settings(config, arg):
-  """Data, optimiser, steps, batch, seed and evaluation of both objects configs."""
-  config.data.name = "synthetic_objects"
-  config.data.crop_size = None
-
-  config.optim.learning_rate = 1e-3
-  config.optim.schedule = "piecewise"
-  config.optim.boundaries = (3600,)
-  config.optim.decay_factor = 0.3
-
-  config.train.seed = 0
-  config.train.batch_size = 32
-  # Steps were the knob that mattered (docs/results.md): 1,500 -> 4,500 took the
-  # joint TVD from 0.18 to 0.13 and the fidelity from 0.90 to 0.95.
-  config.train.num_steps = 4500
-  config.train.log_every = 100
-  config.train.eval_every = 4500
-  config.train.checkpoint_every = 500
-
-  config.eval.split = "validation"
-  config.eval.num_examples = 100
-  config.eval.num_samples = 100
-  config.eval.batch_size = 20
-  config.eval.num_figure_examples = 4
-
-  if arg == "tiny":
-    config.data.name = "synthetic_objects/small"
-    config.train.batch_size = 8
-    config.train.num_steps = 6
-    config.train.log_every = 2
-    config.train.eval_every = 6
-    config.train.checkpoint_every = 3
-    config.eval.num_examples = 4
-    config.eval.num_samples = 16
-    config.eval.batch_size = 4
-    config.eval.num_figure_examples = 2
-  elif arg not in (None, ""):
-    raise ValueError(f"unknown argument {arg!r} (use 'tiny' or nothing)")
-  return config
+from configs import common
+from hpunet_jax import config_lib
 
 
 def get_config(arg=None):
-  config = configs.with_shared_settings(shared_settings, arg, "configs/synthetic_objects.py")
+  tiny = common.parse_arg("configs/synthetic_objects.py", arg) == "tiny"
+  config = config_lib.base_config()
+  common.synthetic_objects_budget(config, tiny)
 
   # 32x32 down to 1x1 in 6 levels; latents at 1x1, 2x2 (one cell per object)
   # and 4x4.
-  config.model.channels_per_block = (8, 16, 16, 16, 16, 16)
-  config.model.latent_dims = (1, 1, 1)
-  config.model.blocks_per_level = 1
-  config.model.convs_per_block = 2
+  common.hpunet_model(config, channels_per_block=(8, 16, 16, 16, 16, 16),
+                      latent_dims=(1, 1, 1))
+  common.geco_loss(config, kappa=0.02)
 
-  config.loss.type = "geco"
-  config.loss.kappa = 0.02
-  config.loss.top_k_percentage = None
-
-  if arg == "tiny":
-    config.model.channels_per_block = (4, 8, 8, 8, 8, 8)
+  if tiny:
+    common.tiny_hpunet(config, num_levels=6, num_latents=3)
   return config
