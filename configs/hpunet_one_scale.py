@@ -8,7 +8,6 @@ Not the Prob. U-Net of Kohl et al. 2018 (that is `configs/prob_unet.py`): the HP
 GECO. The original Prob. U-Net injects its latent only at the last layer of a
 separate U-Net; here it enters the same decoder as the HPU-Net's coarsest
 latent, so the comparison isolates the latent hierarchy and the objective.
-Until issue 22 this was `configs/prob_unet.py`.
 
 Runtime: as `configs/synthetic.py` (7.7 CPU-minutes measured on the 2-core
 development VM, 2026-11-28). Expected

@@ -6,8 +6,8 @@
 `configs/synthetic_objects.py` with a single 6-dimensional latent at the
 coarsest level (1x1) and the ELBO (beta = 1) instead of GECO; same data,
 network, optimiser and steps, so the comparison isolates the latent
-hierarchy and the objective. Not the Prob. U-Net of Kohl et al. 2018; until
-issue 22 this was `configs/prob_unet_objects.py`.
+hierarchy and the objective. Not the Prob. U-Net of Kohl et al. 2018
+(that is `configs/prob_unet_objects.py`).
 
 Runtime: 6.4 CPU-minutes (18 min wall on the shared 2-core development VM,
 2026-11-29). Expected

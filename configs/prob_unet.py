@@ -8,8 +8,8 @@ The network of SimonKohl/probabilistic_unet (`model.name = 'prob_unet'`,
 `hpunet_jax.model.prob_unet`, docs/model.md): a U-Net, separate prior and
 posterior encoders with one global 6-d latent, f_comb of three 1x1 convs;
 trained with the ELBO (beta 1) and the release's L2 rule (1e-5 * sum(w**2) / 2
-over the weights but f_comb's logits conv). The one-scale HPU-Net variant that
-this file held before is `configs/hpunet_one_scale.py`.
+over the weights but f_comb's logits conv). The HPU-Net with one latent scale,
+an ablation, is `configs/hpunet_one_scale.py`.
 
 Default (no argument): the synthetic default job of `configs/synthetic.py` at
 an equal budget (same data, steps, batch, optimiser, seed), with the
