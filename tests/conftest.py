@@ -1,10 +1,14 @@
-"""What the tests share: the suite's one tiny experiment config.
+"""What the tests share: the suite's one tiny experiment config and the way to run a tool.
 
 `tests/` is on `sys.path` under pytest (and for `tests/parallel_worker.py`,
 which imports this module directly).
 """
 import os
+import queue
+import subprocess
 import sys
+import threading
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:   # parallel_worker.py runs as a script from tests/
@@ -28,3 +32,83 @@ def tiny_config(**model):
   config.data.crop_size = 16
   config.train.batch_size = 8
   return config
+
+
+# --- running the command-line tools ---------------------------------------------------------
+
+def cli_env(**extra):
+  """The environment a tool under test runs in: CPU only, one device (no XLA_FLAGS from the
+  caller), unbuffered output so line waits see each line; `extra` set on top."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env.pop("XLA_FLAGS", None)
+  env.update(extra)
+  return env
+
+
+def run_python(*argv, timeout=600, check=True, env=None, cwd=ROOT):
+  """`python *argv` in `cwd` (the repository root) under `cli_env(**env)`; output captured.
+
+  With `check`, a non-zero exit fails the test with the ends of both streams.
+  """
+  proc = subprocess.run([sys.executable, *argv], cwd=cwd, env=cli_env(**(env or {})),
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    command = " ".join(str(a)[:60] for a in argv[:2])
+    raise AssertionError(f"python {command} failed ({proc.returncode}):\n"
+                         f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+  return proc
+
+
+def run_cli(module, *args, timeout=600, check=True, env=None, cwd=ROOT):
+  """`python -m module *args`, as `run_python` runs it."""
+  return run_python("-m", module, *args, timeout=timeout, check=check, env=env, cwd=cwd)
+
+
+class Started:
+  """A tool running in the background; a thread reads its merged output, so every wait is
+  bounded. `proc` is the `subprocess.Popen`, `lines` the output read so far."""
+
+  def __init__(self, argv, env=None, cwd=ROOT):
+    self.proc = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=cli_env(**(env or {})),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    self.lines, self._queue = [], queue.Queue()
+    threading.Thread(target=self._read, daemon=True).start()
+
+  def _read(self):
+    for line in self.proc.stdout:
+      self._queue.put(line)
+    self._queue.put(None)
+
+  def wait_for(self, text, timeout=240):
+    """Returns once a line contains `text`; fails if the process ends or time runs out."""
+    deadline = time.time() + timeout
+    while True:
+      try:
+        line = self._queue.get(timeout=max(0.0, deadline - time.time()))
+      except queue.Empty:
+        raise AssertionError(f"no line with {text!r} after {timeout}s:\n"
+                             + "".join(self.lines[-40:])) from None
+      if line is None:
+        raise AssertionError(f"process ended before a line with {text!r}:\n"
+                             + "".join(self.lines[-40:]))
+      self.lines.append(line)
+      if text in line:
+        return line
+
+  def rest(self, timeout=240):
+    """Waits for the end (at most `timeout` seconds); the whole output."""
+    self.proc.wait(timeout=timeout)
+    while (line := self._queue.get(timeout=timeout)) is not None:
+      self.lines.append(line)
+    return "".join(self.lines)
+
+  def kill(self):
+    """SIGKILL unless it has ended; waits for it."""
+    if self.proc.poll() is None:
+      self.proc.kill()
+    self.proc.wait(timeout=60)
+
+
+def start_cli(module, *args, env=None, cwd=ROOT):
+  """`python -m module *args` in the background, under `cli_env(**env)`."""
+  return Started(["-m", module, *args], env=env, cwd=cwd)

@@ -11,8 +11,6 @@ regenerate it: `tests/fixtures/make_prob_unet_fixture.py`.
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.extend
@@ -20,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from configs import prob_unet as prob_unet_configs
 from hpunet_jax import config_lib
 from hpunet_jax.model import HPUNetConfig, ProbUNetConfig, count_params, make_model
@@ -252,30 +251,21 @@ def test_run_configs_choose_the_model():
     prob_unet_configs.get_config("huge")
 
 
-def _run(module, *args, timeout=900):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-  assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-  return proc
-
-
 def test_tiny_config_trains_evaluates_and_samples_through_the_clis(tmp_path):
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
-  _run("experiments.train", "--config=configs/prob_unet.py:tiny", f"--workdir={workdir}",
-       f"--config.data.data_dir={data_dir}")
+  run_cli("experiments.train", "--config=configs/prob_unet.py:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", timeout=900)
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"]["name"] == "prob_unet"
-  _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
-       "--config.eval.num_samples=8", "--config.eval.num_examples=2")
+  run_cli("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+          "--config.eval.num_samples=8", "--config.eval.num_examples=2", timeout=900)
   with open(os.path.join(workdir, "evaluation.json")) as f:
     results = json.load(f)
   assert results["num_images"] == 2 and np.isfinite(results["ged_16"] if "ged_16" in results
                                                     else results["exact_ged"])
   out = str(tmp_path / "s" / "samples.png")
-  _run("experiments.sample", f"--workdir={workdir}", f"--output={out}", "--num_samples=4",
-       "--indices=0,1", "--config.eval.split=test")
+  run_cli("experiments.sample", f"--workdir={workdir}", f"--output={out}", "--num_samples=4",
+          "--indices=0,1", "--config.eval.split=test", timeout=900)
   with np.load(str(tmp_path / "s" / "samples.npz")) as arrays:
     assert arrays["samples"].shape == (4, 2, 32, 32)
 
