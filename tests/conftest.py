@@ -1,14 +1,17 @@
-"""What the tests share: the suite's one tiny experiment config and the way to run a tool.
+"""What the tests share: the tiny experiment config, the way to run a tool, the built datasets.
 
 `tests/` is on `sys.path` under pytest (and for `tests/parallel_worker.py`,
 which imports this module directly).
 """
+import importlib
 import os
 import queue
 import subprocess
 import sys
 import threading
 import time
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:   # parallel_worker.py runs as a script from tests/
@@ -112,3 +115,34 @@ class Started:
 def start_cli(module, *args, env=None, cwd=ROOT):
   """`python -m module *args` in the background, under `cli_env(**env)`."""
   return Started(["-m", module, *args], env=env, cwd=cwd)
+
+
+# --- datasets built once per session ----------------------------------------------------------
+
+def _prepared(tmp_path_factory, config_module):
+  """A fresh folder with the data of `configs/<config_module>.py:tiny` built in it."""
+  from hpunet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{config_module}").get_config("tiny")
+  config.data.data_dir = str(tmp_path_factory.mktemp(f"tfds_{config_module}"))
+  pipeline.prepare(config.data)
+  return config.data.data_dir
+
+
+# Shared by every test that only reads them: a test that builds, damages or races on its
+# data builds its own in tmp_path.
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+  """A data_dir with `synthetic_multiscale/small` (`configs/synthetic.py:tiny`) built."""
+  return _prepared(tmp_path_factory, "synthetic")
+
+
+@pytest.fixture(scope="session")
+def objects_data_dir(tmp_path_factory):
+  """A data_dir with `synthetic_objects/small` (`configs/synthetic_objects.py:tiny`) built."""
+  return _prepared(tmp_path_factory, "synthetic_objects")
+
+
+@pytest.fixture(scope="session")
+def grid_data_dir(tmp_path_factory):
+  """A data_dir with `synthetic_grid/small` (`configs/synthetic_grid.py:tiny`) built."""
+  return _prepared(tmp_path_factory, "synthetic_grid")

@@ -46,8 +46,9 @@ def test_old_workdir_restores_its_network_alone_and_samples(old_workdir):
   del config
 
 
-def test_old_workdir_resumes_with_changed_execution_and_evaluates(old_workdir, tmp_path):
-  data_dir = str(tmp_path / "tfds")
+def test_old_workdir_resumes_with_changed_execution_and_evaluates(old_workdir,
+                                                                  synthetic_data_dir):
+  data_dir = synthetic_data_dir
   run_cli("experiments.train", "--config=configs/synthetic.py:tiny",
           f"--workdir={old_workdir}", f"--config.data.data_dir={data_dir}",
           "--config.train.num_steps=6", "--config.train.checkpoint_every=6",

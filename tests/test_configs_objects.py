@@ -38,8 +38,8 @@ def test_configs_are_valid_and_differ_only_where_documented():
 
 @pytest.mark.parametrize("config", ["configs/synthetic_objects.py:tiny",
                                     "configs/hpunet_one_scale_objects.py:tiny"])
-def test_tiny_config_trains_and_evaluates_per_object(config, tmp_path):
-  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+def test_tiny_config_trains_and_evaluates_per_object(config, tmp_path, objects_data_dir):
+  data_dir, workdir = objects_data_dir, str(tmp_path / "run")
   train = run_cli("experiments.train", f"--config={config}", f"--workdir={workdir}",
                   f"--config.data.data_dir={data_dir}", timeout=1800)
   assert "joint TVD" in train.stdout

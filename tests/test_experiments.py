@@ -19,8 +19,8 @@ from hpunet_jax.data import pipeline
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+def data_dir(synthetic_data_dir):
+  return synthetic_data_dir
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,9 @@ import subprocess
 import pytest
 
 from conftest import Started, run_cli, run_python
-from configs import synthetic
 from hpunet_jax.evaluation import restore
 from hpunet_jax.infra import checkpoint, lease
 from hpunet_jax.infra import writer as writer_lib
-from hpunet_jax.data import pipeline
 
 TIMEOUT = 240   # seconds for one CLI run on a busy 2-core machine
 # Every step logged; an evaluation (with figures) and a checkpoint every 3 steps.
@@ -70,13 +68,9 @@ def _flip_byte(step_dir):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """The tiny synthetic data, prepared once for every test of this module."""
-  path = str(tmp_path_factory.mktemp("tfds"))
-  config = synthetic.get_config("tiny")
-  config.data.data_dir = path
-  pipeline.prepare(config.data)
-  return path
+def data_dir(synthetic_data_dir):
+  """The tiny synthetic data, prepared once for the session."""
+  return synthetic_data_dir
 
 
 @pytest.fixture(scope="module")

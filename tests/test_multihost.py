@@ -18,7 +18,6 @@ import numpy as np
 
 from conftest import ROOT, run_cli, start_cli
 from hpunet_jax import config_lib
-from hpunet_jax.data import pipeline
 from hpunet_jax.infra import writer as writer_lib
 
 TINY = "--config=configs/synthetic.py:tiny"
@@ -118,16 +117,14 @@ def test_two_processes_preempted_resume_and_match_one_process(tmp_path):
                                    err_msg=f"{key} at step {want['step']}")
 
 
-def test_evaluate_and_sample_on_two_processes_match_one(tmp_path):
+def test_evaluate_and_sample_on_two_processes_match_one(tmp_path, synthetic_data_dir):
   workdir = tmp_path / "run"
   shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "workdir_v1"), workdir)
-  common = [f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+  common = [f"--workdir={workdir}", f"--config.data.data_dir={synthetic_data_dir}",
             "--config.eval.num_examples=6", "--config.eval.num_samples=8",
             "--config.eval.batch_size=4", "--config.eval.sample_chunk=3"]
-  # The data the run was trained on (training would have generated it).
-  config = config_lib.load_run_config(str(workdir))
-  config.data.data_dir = str(tmp_path / "tfds")
-  pipeline.prepare(config.data)
+  # The data the run was trained on.
+  assert config_lib.load_run_config(str(workdir)).data.name == "synthetic_multiscale/small"
   single = run_cli("experiments.evaluate", *common, timeout=TIMEOUT_S)
   assert "Evaluating on 1 device (cpu) of 1 process" in single.stdout
   with open(workdir / "evaluation.json") as f:
@@ -145,7 +142,7 @@ def test_evaluate_and_sample_on_two_processes_match_one(tmp_path):
       np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
 
   output = str(tmp_path / "samples.png")
-  _finish(_start([f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+  _finish(_start([f"--workdir={workdir}", f"--config.data.data_dir={synthetic_data_dir}",
                   f"--output={output}", "--num_samples=4", "--indices=0,1"], 2, _free_port(),
                  module="experiments.sample", config=()))
   assert os.path.exists(output) and os.path.exists(output[:-len(".png")] + ".npz")

@@ -251,8 +251,8 @@ def test_run_configs_choose_the_model():
     prob_unet_configs.get_config("huge")
 
 
-def test_tiny_config_trains_evaluates_and_samples_through_the_clis(tmp_path):
-  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+def test_tiny_config_trains_evaluates_and_samples_through_the_clis(tmp_path, synthetic_data_dir):
+  data_dir, workdir = synthetic_data_dir, str(tmp_path / "run")
   run_cli("experiments.train", "--config=configs/prob_unet.py:tiny", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", timeout=900)
   with open(os.path.join(workdir, "config.json")) as f:

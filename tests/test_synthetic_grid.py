@@ -218,8 +218,8 @@ def test_a_32x32_config_on_64x64_images_is_warned_about():
 
 @pytest.mark.parametrize("config", ["configs/synthetic_grid.py:tiny",
                                     "configs/prob_unet_grid.py:tiny"])
-def test_tiny_grid_config_trains_and_evaluates_without_candidates(config, tmp_path):
-  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+def test_tiny_grid_config_trains_and_evaluates_without_candidates(config, tmp_path, grid_data_dir):
+  data_dir, workdir = grid_data_dir, str(tmp_path / "run")
   train = run_cli("experiments.train", f"--config={config}", f"--workdir={workdir}",
                   f"--config.data.data_dir={data_dir}", timeout=1800)
   assert "Model: latents at" in train.stdout and "WARNING" not in train.stdout
