@@ -39,10 +39,25 @@ def tiny_config(**model):
 
 # --- running the command-line tools ---------------------------------------------------------
 
+# jax's persistent compilation cache for every tool a test starts, in a folder of the session:
+# the tools compile the same tiny networks again and again. JAX_ENABLE_COMPILATION_CACHE=false
+# in the environment turns it off.
+_COMPILATION_CACHE = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  _COMPILATION_CACHE.update(
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",     # every computation,
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")     # however small
+
+
 def cli_env(**extra):
   """The environment a tool under test runs in: CPU only, one device (no XLA_FLAGS from the
-  caller), unbuffered output so line waits see each line; `extra` set on top."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  caller), unbuffered output so line waits see each line, the session's compilation cache;
+  `extra` set on top."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **_COMPILATION_CACHE)
   env.pop("XLA_FLAGS", None)
   env.update(extra)
   return env
