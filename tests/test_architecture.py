@@ -1,9 +1,8 @@
 """The package's layers: every import points down, and the model loads alone."""
 import ast
 import pathlib
-import subprocess
-import sys
 
+from conftest import run_python
 import hpunet_jax
 
 PACKAGE = pathlib.Path(hpunet_jax.__file__).parent
@@ -70,9 +69,7 @@ model.sample(params, jax.random.key(1), images, num_samples=2)
 heavy = ("grain", "tensorflow_datasets", "tensorboardX", "orbax", "optax", "ml_collections")
 print(",".join(sorted(m for m in heavy if m in sys.modules)))
 """
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                        cwd=PACKAGE.parent)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_python("-c", code, cwd=PACKAGE.parent, timeout=300)
   assert proc.stdout.strip() == "", f"loaded: {proc.stdout.strip()}"
 
 
@@ -82,9 +79,7 @@ import sys
 from hpunet_jax.data import synthetic
 print("tensorboardX" in sys.modules)
 """
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                        cwd=PACKAGE.parent)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_python("-c", code, cwd=PACKAGE.parent, timeout=300)
   assert proc.stdout.strip() == "False"
 
 

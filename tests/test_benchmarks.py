@@ -1,16 +1,13 @@
 """The benchmark script runs as docs/benchmarks.md shows and its profile summary is right."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import profile_summary
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_cli
 
 
 def test_profile_summary_tells_convolution_directions_apart(tmp_path):
@@ -49,14 +46,12 @@ def test_latest_trace_names_the_directory_without_a_trace(tmp_path):
 
 def test_throughput_script_prints_one_json_line_per_measurement(tmp_path):
   """The smoke command of docs/benchmarks.md: train, sampling and GED100 on the tiny network."""
-  result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.throughput", "--config=configs/synthetic.py:tiny",
-       "--config.model.channels_per_block=(8,16,32,32)", "--config.model.latent_dims=(1,1)",
-       "--size=16",
-       "--batch=2", "--steps=1", "--repeats=1", "--warmup=1", "--num_images=2",
-       "--what=train,sample16,ged100", f"--profile_dir={tmp_path}"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_cli(
+      "benchmarks.throughput", "--config=configs/synthetic.py:tiny",
+      "--config.model.channels_per_block=(8,16,32,32)", "--config.model.latent_dims=(1,1)",
+      "--size=16",
+      "--batch=2", "--steps=1", "--repeats=1", "--warmup=1", "--num_images=2",
+      "--what=train,sample16,ged100", f"--profile_dir={tmp_path}", timeout=600)
   lines = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
   assert [l["what"] for l in lines] == ["train", "sample16", "ged100"]
   train, sample, ged = lines
@@ -110,14 +105,11 @@ def test_paired_variants_reach_any_group_and_augmentation_feeds_source_sized_exa
 
 def test_ged100_on_eight_devices_reports_memory_that_grows_with_the_chunk():
   """`--what=ged100 --sample_chunks=...` on 8 host-platform devices: one line per chunk."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.throughput", "--config=configs/synthetic.py:tiny",
-       "--size=32", "--batch=8", "--repeats=1", "--num_images=8", "--what=ged100",
-       "--sample_chunks=2,20"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, check=False, env=env)
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_cli(
+      "benchmarks.throughput", "--config=configs/synthetic.py:tiny",
+      "--size=32", "--batch=8", "--repeats=1", "--num_images=8", "--what=ged100",
+      "--sample_chunks=2,20", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+      timeout=600)
   small, large = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
   assert small["num_devices"] == large["num_devices"] == 8
   assert small["images_per_device"] == 1

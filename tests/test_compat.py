@@ -8,26 +8,18 @@ but not the model.
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import run_cli
 from hpunet_jax import config_lib
 from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import writer as writer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_v1")
-
-
-def _run(module, *args, timeout=600):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -54,27 +46,25 @@ def test_old_workdir_restores_its_network_alone_and_samples(old_workdir):
   del config
 
 
-def test_old_workdir_resumes_with_changed_execution_and_evaluates(old_workdir, tmp_path):
-  data_dir = str(tmp_path / "tfds")
-  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny",
-              f"--workdir={old_workdir}", f"--config.data.data_dir={data_dir}",
-              "--config.train.num_steps=6", "--config.train.checkpoint_every=6",
-              "--config.execution.remat=True")
-  assert proc.returncode == 0, proc.stderr[-5000:]
+def test_old_workdir_resumes_with_changed_execution_and_evaluates(old_workdir,
+                                                                  synthetic_data_dir):
+  data_dir = synthetic_data_dir
+  run_cli("experiments.train", "--config=configs/synthetic.py:tiny",
+          f"--workdir={old_workdir}", f"--config.data.data_dir={data_dir}",
+          "--config.train.num_steps=6", "--config.train.checkpoint_every=6",
+          "--config.execution.remat=True")   # fails the test unless it exits 0
   records = writer_lib.read_jsonl(os.path.join(old_workdir, "metrics.jsonl"))
   assert [r["step"] for r in records if "loss" in r] == [1, 2, 4, 5, 6]
   assert workdir_lib.Run(old_workdir).config().execution.remat is True
-  proc = _run("experiments.evaluate", f"--workdir={old_workdir}",
-              f"--config.data.data_dir={data_dir}")
-  assert proc.returncode == 0, proc.stderr[-5000:]
+  run_cli("experiments.evaluate", f"--workdir={old_workdir}", f"--config.data.data_dir={data_dir}")
   with open(os.path.join(old_workdir, "evaluation.json")) as f:
     assert json.load(f)["step"] == 6
 
 
 def test_a_changed_model_field_stops_the_resume_in_one_line(old_workdir, tmp_path):
-  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny",
-              f"--workdir={old_workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
-              "--config.model.blocks_per_level=2")
+  proc = run_cli("experiments.train", "--config=configs/synthetic.py:tiny",
+                 f"--workdir={old_workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+                 "--config.model.blocks_per_level=2", check=False)
   assert proc.returncode == 1
   fatal = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
   assert len(fatal) == 1 and "model.blocks_per_level=2 differs from the run" in fatal[0], (
@@ -83,8 +73,8 @@ def test_a_changed_model_field_stops_the_resume_in_one_line(old_workdir, tmp_pat
 
 
 def test_the_moved_execution_flag_is_named_where_it_went(tmp_path):
-  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny",
-              f"--workdir={tmp_path / 'run'}", "--config.model.remat=True")
+  proc = run_cli("experiments.train", "--config=configs/synthetic.py:tiny",
+                 f"--workdir={tmp_path / 'run'}", "--config.model.remat=True", check=False)
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
   assert "model.remat" in lines[0] and "execution.remat" in lines[0]
@@ -121,16 +111,14 @@ def test_old_prob_unet_workdir_restores_and_samples(old_prob_unet_workdir):
 @pytest.mark.slow
 def test_old_prob_unet_workdir_resumes_and_evaluates(old_prob_unet_workdir, tmp_path):
   data_dir = str(tmp_path / "tfds")
-  proc = _run("experiments.train", "--config=configs/prob_unet.py:tiny",
-              f"--workdir={old_prob_unet_workdir}", f"--config.data.data_dir={data_dir}",
-              "--config.train.num_steps=6", "--config.train.checkpoint_every=6")
-  assert proc.returncode == 0, proc.stderr[-5000:]
+  run_cli("experiments.train", "--config=configs/prob_unet.py:tiny",
+          f"--workdir={old_prob_unet_workdir}", f"--config.data.data_dir={data_dir}",
+          "--config.train.num_steps=6", "--config.train.checkpoint_every=6")
   records = writer_lib.read_jsonl(os.path.join(old_prob_unet_workdir, "metrics.jsonl"))
   assert [r["step"] for r in records if "loss" in r] == [1, 2, 4, 5, 6]
   with open(os.path.join(old_prob_unet_workdir, "config.json")) as f:
     assert "latent_dims" not in json.load(f)["model"]   # rewritten with the fields used
-  proc = _run("experiments.evaluate", f"--workdir={old_prob_unet_workdir}",
-              f"--config.data.data_dir={data_dir}", "--config.eval.num_examples=2")
-  assert proc.returncode == 0, proc.stderr[-5000:]
+  run_cli("experiments.evaluate", f"--workdir={old_prob_unet_workdir}",
+          f"--config.data.data_dir={data_dir}", "--config.eval.num_examples=2")
   with open(os.path.join(old_prob_unet_workdir, "evaluation.json")) as f:
     assert json.load(f)["step"] == 6

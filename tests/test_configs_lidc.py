@@ -1,22 +1,19 @@
 """The LIDC recipe: the full config's step traced abstractly, `:tiny` run end to end."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from conftest import run_cli
 from configs import lidc
 from hpunet_jax import config_lib, objective
 from hpunet_jax.infra import writer as writer_lib
 from hpunet_jax.training import state as train
 from hpunet_jax.data import augment
 from hpunet_jax.model import count_params, make_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_full_lidc_step_with_augmentation_traces_to_the_model_crop():
@@ -70,14 +67,9 @@ def test_tiny_lidc_recipe_trains_end_to_end_with_augmentation(tmp_path):
   manual = tmp_path / "manual"
   _write_lidc_tree(str(manual))
   workdir = tmp_path / "run"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.train", "--config=configs/lidc.py:tiny",
-       f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
-       f"--config.data.manual_dir={manual}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  run_cli("experiments.train", "--config=configs/lidc.py:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={tmp_path / 'tfds'}", f"--config.data.manual_dir={manual}",
+          timeout=900)
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["data"]["augment"]["enabled"] is True
   lines = [json.loads(l) for l in (workdir / writer_lib.METRICS_FILE).read_text().splitlines()]

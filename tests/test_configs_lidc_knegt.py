@@ -2,16 +2,13 @@
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 
+from conftest import run_cli
 from configs import lidc_knegt as lidc_knegt_config
 from hpunet_jax import config_lib
 from hpunet_jax.infra import writer as writer_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_pickle(path, num_series=8, size=128):
@@ -34,15 +31,6 @@ def _write_pickle(path, num_series=8, size=128):
     pickle.dump(data, f)
 
 
-def _run(module, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=900, check=False)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-  return proc
-
-
 def test_full_config_validates_at_128_without_crop_or_translation():
   config = lidc_knegt_config.get_config()
   config_lib.validate(config, num_devices=1)
@@ -54,8 +42,9 @@ def test_tiny_config_trains_and_evaluates_end_to_end(tmp_path):
   manual = tmp_path / "manual"
   _write_pickle(str(manual / "data_lidc.pickle"))
   workdir = tmp_path / "run"
-  _run("experiments.train", "--config=configs/lidc_knegt.py:tiny", f"--workdir={workdir}",
-       f"--config.data.data_dir={tmp_path / 'tfds'}", f"--config.data.manual_dir={manual}")
+  run_cli("experiments.train", "--config=configs/lidc_knegt.py:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={tmp_path / 'tfds'}", f"--config.data.manual_dir={manual}",
+          timeout=900)
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["data"]["name"] == "lidc_knegt" and saved["data"]["augment"]["enabled"] is True
   lines = [json.loads(l) for l in (workdir / writer_lib.METRICS_FILE).read_text().splitlines()]
@@ -63,15 +52,16 @@ def test_tiny_config_trains_and_evaluates_end_to_end(tmp_path):
   assert [l["step"] for l in train_lines] == [1, 2, 3, 4]
   for line in train_lines:
     assert 0.3 < line["augment_valid_fraction"] <= 1.0 and np.isfinite(line["loss"])
-  evaluate = _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test")
+  evaluate = run_cli("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+                     timeout=900)
   results = json.loads((workdir / "evaluation.json").read_text())
   assert results["split"] == "test" and results["num_samples"] == 16
   assert results["num_images"] == 2   # eval.num_examples of :tiny
   assert "lidc_knegt test" in evaluate.stdout
   assert any(k.startswith("ged") for k in results), sorted(results)
   # The same run scored as MoSE's code scores it: 16 samples, the whole test split.
-  evaluate = _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
-                  "--config.eval.protocol=mose")
+  evaluate = run_cli("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+                     "--config.eval.protocol=mose", timeout=900)
   results = json.loads((workdir / "evaluation.json").read_text())
   assert results["protocol"] == "mose" and results["num_samples"] == 16
   assert results["num_images"] == 4   # the test split of 8 series: 2 series x 2 slices

@@ -2,25 +2,12 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import run_cli
 from configs import hpunet_one_scale_objects, prob_unet_objects, synthetic_objects
 from hpunet_jax import config_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(module, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=1800)
-  assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-  return proc
-
 
 def test_configs_are_valid_and_differ_only_where_documented():
   hpu, prob = synthetic_objects.get_config(), hpunet_one_scale_objects.get_config()
@@ -51,13 +38,14 @@ def test_configs_are_valid_and_differ_only_where_documented():
 
 @pytest.mark.parametrize("config", ["configs/synthetic_objects.py:tiny",
                                     "configs/hpunet_one_scale_objects.py:tiny"])
-def test_tiny_config_trains_and_evaluates_per_object(config, tmp_path):
-  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
-  train = _run("experiments.train", f"--config={config}", f"--workdir={workdir}",
-               f"--config.data.data_dir={data_dir}")
+def test_tiny_config_trains_and_evaluates_per_object(config, tmp_path, objects_data_dir):
+  data_dir, workdir = objects_data_dir, str(tmp_path / "run")
+  train = run_cli("experiments.train", f"--config={config}", f"--workdir={workdir}",
+                  f"--config.data.data_dir={data_dir}", timeout=1800)
   assert "joint TVD" in train.stdout
-  evaluate = _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
-                  "--config.eval.num_samples=16", "--config.eval.num_examples=4")
+  evaluate = run_cli("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+                     "--config.eval.num_samples=16", "--config.eval.num_examples=4",
+                     timeout=1800)
   results = json.load(open(os.path.join(workdir, "evaluation.json")))
   for key in ("joint_tvd", "fidelity", "object_tvd_0", "object_tvd_2", "fidelity_1"):
     assert 0.0 <= results[key] <= 1.0, key

@@ -13,13 +13,13 @@ tfds.disable_progress_bar()
 
 
 @pytest.fixture(scope="module")
-def small_config(tmp_path_factory):
-  """`synthetic_multiscale/small` (32x32; 256 / 32 / 32 examples), prepared once."""
+def small_config(synthetic_data_dir):
+  """`synthetic_multiscale/small` (32x32; 256 / 32 / 32 examples), prepared once a session."""
   config = pipeline.default_config()
   config.name = "synthetic_multiscale/small"
-  config.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config.data_dir = synthetic_data_dir
   config.read_threads = 2
-  pipeline.prepare(config)
+  pipeline.prepare(config)   # finds it prepared
   return config
 
 

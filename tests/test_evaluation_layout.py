@@ -7,12 +7,11 @@ the same tiny HPU-Net scores the same six images identically every way.
 """
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import Started
 import evaluation_worker
 
 WORKER = os.path.join(os.path.dirname(__file__), "evaluation_worker.py")
@@ -25,25 +24,21 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run(out, *args, num_processes=1):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _run_workers(out, *args, num_processes=1):
+  """The worker as a job of `num_processes` processes; process 0's scores."""
   port = _free_port()
   procs = []
   for process_id in range(num_processes):
     extra = ([f"--process_id={process_id}", f"--num_processes={num_processes}",
               f"--port={port}"] if num_processes > 1 else [])
-    procs.append(subprocess.Popen([sys.executable, WORKER, f"--out={out}", *args, *extra],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True))
+    procs.append(Started([WORKER, f"--out={out}", *args, *extra]))
   try:
-    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    outputs = [p.rest(timeout=TIMEOUT_S) for p in procs]
   finally:
     for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+      p.kill()
   for p, output in zip(procs, outputs):
-    assert p.returncode == 0, output[-4000:]
+    assert p.proc.returncode == 0, output[-4000:]
   return dict(np.load(out))
 
 
@@ -77,9 +72,9 @@ def test_batch_size_and_chunk_change_no_score(reference, batch_size, sample_chun
 
 def test_eight_devices_give_the_scores_of_one(reference, tmp_path):
   # 4 images over 8 devices: each batch is padded to 8 and the padding dropped.
-  _assert_same(_run(tmp_path / "eight.npz", "--devices=8", "--sample_chunk=4"), reference)
+  _assert_same(_run_workers(tmp_path / "eight.npz", "--devices=8", "--sample_chunk=4"), reference)
 
 
 def test_two_processes_give_the_scores_of_one(reference, tmp_path):
-  _assert_same(_run(tmp_path / "two.npz", "--devices=2", "--batch_size=2", num_processes=2),
+  _assert_same(_run_workers(tmp_path / "two.npz", "--devices=2", "--batch_size=2", num_processes=2),
                reference)

@@ -2,9 +2,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -12,6 +9,7 @@ from PIL import Image
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from conftest import run_cli, start_cli
 from configs import synthetic
 from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import checkpoint
@@ -19,30 +17,17 @@ from hpunet_jax.infra import writer as writer_lib
 from hpunet_jax.training import loop
 from hpunet_jax.data import pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(module, *args, timeout=600, check=True):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                         f"{proc.stderr[-5000:]}")
-  return proc
-
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+def data_dir(synthetic_data_dir):
+  return synthetic_data_dir
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.mktemp("run"))
-  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny", f"--workdir={workdir}",
-              f"--config.data.data_dir={data_dir}")
+  proc = run_cli("experiments.train", "--config=configs/synthetic.py:tiny",
+                 f"--workdir={workdir}", f"--config.data.data_dir={data_dir}")
   return workdir, proc
 
 
@@ -80,8 +65,9 @@ def test_train_cli_writes_metrics_checkpoints_figures(trained):
 
 def test_rerun_after_the_end_does_not_train_again(trained, data_dir):
   workdir, _ = trained
-  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny", f"--workdir={workdir}",
-              f"--config.data.data_dir={data_dir}", "--config.eval.num_samples=4")
+  proc = run_cli("experiments.train", "--config=configs/synthetic.py:tiny",
+                 f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+                 "--config.eval.num_samples=4")
   assert "Already trained to step 6" in proc.stderr
   assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 6
 
@@ -95,8 +81,8 @@ def test_evaluate_and_sample_cli(trained, tmp_path):
   """Both tools read the run's config.json; --config.<group>.<field>= overrides it."""
   workdir, _ = trained
   before = _listing(workdir)
-  proc = _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
-              "--config.eval.num_samples=16", "--config.eval.num_examples=3")
+  proc = run_cli("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+                 "--config.eval.num_samples=16", "--config.eval.num_examples=3")
   results = json.load(open(os.path.join(workdir, "evaluation.json")))
   for key in ("ged_16", "hm_iou_16", "iou_rec", "ncc", "diversity", "exact_ged",
               "exact_ged_floor", "exact_ged_single_guess", "exact_ged_normalised", "match_rate",
@@ -108,8 +94,8 @@ def test_evaluate_and_sample_cli(trained, tmp_path):
   # It wrote evaluation.json and nothing else into the run it only reads.
   assert sorted(set(_listing(workdir)) - set(before)) == ["evaluation.json"]
   out = str(tmp_path / "s" / "samples.png")
-  proc = _run("experiments.sample", f"--workdir={workdir}", f"--output={out}", "--num_samples=4",
-              "--indices=1,3", "--config.eval.split=test")
+  proc = run_cli("experiments.sample", f"--workdir={workdir}", f"--output={out}",
+                 "--num_samples=4", "--indices=1,3", "--config.eval.split=test")
   arrays = np.load(str(tmp_path / "s" / "samples.npz"))
   assert arrays["samples"].shape == (4, 2, 32, 32)
   assert list(arrays["indices"]) == [1, 3]
@@ -120,8 +106,8 @@ def test_evaluate_and_sample_cli(trained, tmp_path):
 def test_tools_refuse_other_data_and_non_runs_creating_nothing(trained, tmp_path):
   workdir, _ = trained
   before = _listing(workdir)
-  proc = _run("experiments.evaluate", f"--workdir={workdir}", "--config=configs/synthetic.py",
-              check=False, timeout=300)
+  proc = run_cli("experiments.evaluate", f"--workdir={workdir}", "--config=configs/synthetic.py",
+                 check=False, timeout=300)
   assert proc.returncode != 0
   assert "data.name='synthetic_multiscale' differs from the run" in proc.stderr
   assert "--allow_other_data" in proc.stderr
@@ -130,7 +116,7 @@ def test_tools_refuse_other_data_and_non_runs_creating_nothing(trained, tmp_path
   empty.mkdir()
   for module, extra in (("experiments.evaluate", []),
                         ("experiments.sample", [f"--output={tmp_path / 'x.png'}"])):
-    proc = _run(module, f"--workdir={empty}", *extra, check=False, timeout=300)
+    proc = run_cli(module, f"--workdir={empty}", *extra, check=False, timeout=300)
     assert proc.returncode != 0 and f"{empty}/config.json not found" in proc.stderr
   assert not list(empty.iterdir())
 
@@ -144,9 +130,9 @@ def test_tools_refuse_other_data_and_non_runs_creating_nothing(trained, tmp_path
 ])
 def test_bad_overrides_stop_with_a_message_naming_the_field(tmp_path, data_dir, override,
                                                              message):
-  proc = _run("experiments.train", "--config=configs/synthetic.py:tiny",
-              f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}", override,
-              check=False, timeout=300)
+  proc = run_cli("experiments.train", "--config=configs/synthetic.py:tiny",
+                 f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}", override,
+                 check=False, timeout=300)
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr[-3000:]
   assert not os.path.exists(tmp_path / "w" / "checkpoints" / "1")
@@ -218,22 +204,17 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
   workdir = str(tmp_path / "preempt")
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "experiments.train", "--config=configs/synthetic.py:tiny",
-       f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-       "--config.train.num_steps=100000", "--config.train.log_every=1",
-       "--config.train.checkpoint_every=100000"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 300
-  for line in proc.stdout:
-    if line.startswith("step 3/"):
-      break
-    assert time.time() < deadline
-  proc.send_signal(signal.SIGTERM)
-  output = proc.communicate(timeout=120)[0]
-  assert proc.returncode == 0, output[-3000:]
+  run = start_cli("experiments.train", "--config=configs/synthetic.py:tiny",
+                  f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+                  "--config.train.num_steps=100000", "--config.train.log_every=1",
+                  "--config.train.checkpoint_every=100000")
+  try:
+    run.wait_for("step 3/", timeout=300)
+    run.proc.send_signal(signal.SIGTERM)
+    output = run.rest(timeout=120)
+  finally:
+    run.kill()
+  assert run.proc.returncode == 0, output[-3000:]
   assert "Stopped at step" in output
   steps = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
   assert len(steps) == 1 and 3 <= steps[0] < 100000

@@ -7,23 +7,17 @@ writer per workdir, every step's records exactly once, checkpoints that are
 verified and fall back, and errors that name the culprit in one line.
 """
 import os
-import queue
 import shutil
 import signal
 import subprocess
-import sys
-import threading
-import time
 
 import pytest
 
-from configs import synthetic
+from conftest import Started, run_cli, run_python
 from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import checkpoint, lease
 from hpunet_jax.infra import writer as writer_lib
-from hpunet_jax.data import pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240   # seconds for one CLI run on a busy 2-core machine
 # Every step logged; an evaluation (with figures) and a checkpoint every 3 steps.
 CHAIN = ("--config.train.log_every=1", "--config.train.eval_every=3",
@@ -31,72 +25,20 @@ CHAIN = ("--config.train.log_every=1", "--config.train.eval_every=3",
          "--config.eval.num_figure_examples=1")
 
 
-def _env():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)
-  return env
-
-
 def _train_args(workdir, data_dir, *overrides):
-  return [sys.executable, "-m", "experiments.train", "--config=configs/synthetic.py:tiny",
+  """The training CLI's arguments to `python`."""
+  return ["-m", "experiments.train", "--config=configs/synthetic.py:tiny",
           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *overrides]
-
-
-def _run(args, timeout=TIMEOUT):
-  return subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=timeout)
-
-
-class _Reader:
-  """Collects a process's merged output lines in a thread, so waits can time out."""
-
-  def __init__(self, proc):
-    self.proc, self.lines, self._queue = proc, [], queue.Queue()
-    threading.Thread(target=self._read, daemon=True).start()
-
-  def _read(self):
-    for line in self.proc.stdout:
-      self._queue.put(line)
-    self._queue.put(None)
-
-  def wait_for(self, text, timeout=TIMEOUT):
-    """Returns once a line contains `text`; fails if the process ends or time runs out."""
-    deadline = time.time() + timeout
-    while True:
-      try:
-        line = self._queue.get(timeout=max(0.0, deadline - time.time()))
-      except queue.Empty:
-        raise AssertionError(f"no line with {text!r} after {timeout}s:\n"
-                             + "".join(self.lines[-40:])) from None
-      if line is None:
-        raise AssertionError(f"process ended before a line with {text!r}:\n"
-                             + "".join(self.lines[-40:]))
-      self.lines.append(line)
-      if text in line:
-        return line
-
-  def rest(self, timeout=TIMEOUT):
-    self.proc.wait(timeout=timeout)
-    while (line := self._queue.get(timeout=timeout)) is not None:
-      self.lines.append(line)
-    return "".join(self.lines)
-
-
-def _start(args):
-  proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  return _Reader(proc)
 
 
 def _kill_9_at(args, text):
   """Runs the CLI and kills it with SIGKILL as soon as a line contains `text`."""
-  reader = _start(args)
+  run = Started(args)
   try:
-    reader.wait_for(text)
+    run.wait_for(text, timeout=TIMEOUT)
   finally:
-    reader.proc.kill()
-    reader.proc.wait(timeout=60)
-  return "".join(reader.lines)
+    run.kill()
+  return "".join(run.lines)
 
 
 def _records(workdir):
@@ -126,13 +68,9 @@ def _flip_byte(step_dir):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """The tiny synthetic data, prepared once for every test of this module."""
-  path = str(tmp_path_factory.mktemp("tfds"))
-  config = synthetic.get_config("tiny")
-  config.data.data_dir = path
-  pipeline.prepare(config.data)
-  return path
+def data_dir(synthetic_data_dir):
+  """The tiny synthetic data, prepared once for the session."""
+  return synthetic_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -148,16 +86,15 @@ def killed_twice(tmp_path_factory, data_dir):
   """
   workdir = str(tmp_path_factory.mktemp("killed"))
   args = _train_args(workdir, data_dir, *CHAIN)
-  first = _start(args)
+  first = Started(args)
   try:
-    first.wait_for("step 2/6")
+    first.wait_for("step 2/6", timeout=TIMEOUT)
     first.proc.send_signal(signal.SIGSTOP)
-    second = _run(args)
+    second = run_python(*args, timeout=TIMEOUT, check=False)
   finally:
-    first.proc.kill()
-    first.proc.wait(timeout=60)
+    first.kill()
   outputs = ["".join(first.lines), _kill_9_at(args, "Evaluation at step 3")]
-  last = _run(args)
+  last = run_python(*args, timeout=TIMEOUT, check=False)
   assert last.returncode == 0, last.stderr[-3000:]
   outputs.append(last.stdout + last.stderr)
   return workdir, args, outputs, second, first.proc.pid
@@ -186,7 +123,7 @@ def test_kill_9_before_and_after_evaluation_leaves_every_record_once(killed_twic
 
 def test_rerunning_a_finished_run_does_not_evaluate_again(killed_twice):
   workdir, args, *_ = killed_twice
-  proc = _run(args)
+  proc = run_python(*args, timeout=TIMEOUT, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Already trained to step 6" in proc.stderr
   assert _records(workdir) == ([1, 2, 3, 4, 5, 6], [3, 6])
@@ -195,7 +132,7 @@ def test_rerunning_a_finished_run_does_not_evaluate_again(killed_twice):
 def test_flipped_byte_in_the_latest_checkpoint_falls_back_and_keeps_it(killed_twice):
   workdir, args, *_ = killed_twice
   _flip_byte(os.path.join(workdir, "checkpoints", "6"))
-  proc = _run(args)
+  proc = run_python(*args, timeout=TIMEOUT, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "checkpoint step 6" in proc.stderr
   assert "is corrupt" in proc.stderr or "cannot be read" in proc.stderr
@@ -228,16 +165,17 @@ def tiny_filesystem(tmp_path):
   if shutil.which("mount") is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
     pytest.skip("mounting a tmpfs needs root")
   proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, timeout=60)
   if proc.returncode != 0:
     pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
   yield str(mount_point)
-  subprocess.run(["umount", "-l", str(mount_point)], check=False)
+  subprocess.run(["umount", "-l", str(mount_point)], check=False, timeout=60)
 
 
 def test_save_into_a_full_filesystem_stops_training_before_evaluating(tiny_filesystem, data_dir):
   workdir = os.path.join(tiny_filesystem, "run")
-  proc = _run(_train_args(workdir, data_dir, "--config.train.log_every=1"))
+  proc = run_python(*_train_args(workdir, data_dir, "--config.train.log_every=1"),
+                    timeout=TIMEOUT, check=False)
   assert proc.returncode != 0
   # The traceback's last line (orbax's asyncio noise may follow it).
   errors = [line for line in proc.stderr.splitlines() if "CheckpointSaveError: " in line]
@@ -255,7 +193,8 @@ def test_save_into_a_full_filesystem_stops_training_before_evaluating(tiny_files
 
 
 def test_unknown_override_is_named_in_one_line(tmp_path, data_dir):
-  proc = _run(_train_args(tmp_path / "w", data_dir, "--config.model.foo=1"), timeout=120)
+  proc = run_python(*_train_args(tmp_path / "w", data_dir, "--config.model.foo=1"), timeout=120,
+                    check=False)
   assert proc.returncode != 0
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and "model.foo" in lines[0], proc.stderr[-3000:]
@@ -265,8 +204,8 @@ def test_unknown_override_is_named_in_one_line(tmp_path, data_dir):
 def test_unknown_override_of_a_reading_tool_is_named_in_one_line(tmp_path, module):
   # These tools' --config has a default file, so ml_collections applies the
   # overrides when the flag is defined, before any flag parser runs.
-  proc = _run([sys.executable, "-m", module, f"--workdir={tmp_path}", "--config.eval.foo=1"],
-              timeout=120)
+  proc = run_cli(module, f"--workdir={tmp_path}", "--config.eval.foo=1", timeout=120,
+                 check=False)
   assert proc.returncode == 1
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and "eval.foo" in lines[0], proc.stderr[-3000:]
@@ -274,8 +213,8 @@ def test_unknown_override_of_a_reading_tool_is_named_in_one_line(tmp_path, modul
 
 def test_evaluate_on_a_mistyped_workdir_creates_nothing(tmp_path, data_dir):
   typo = tmp_path / "typo"
-  proc = _run([sys.executable, "-m", "experiments.evaluate", "--config=configs/synthetic.py:tiny",
-               f"--workdir={typo}", f"--config.data.data_dir={data_dir}"], timeout=180)
+  proc = run_cli("experiments.evaluate", "--config=configs/synthetic.py:tiny", f"--workdir={typo}",
+                 f"--config.data.data_dir={data_dir}", timeout=180, check=False)
   assert proc.returncode != 0
   assert str(typo) in proc.stderr
   assert not os.path.exists(typo)

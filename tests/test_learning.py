@@ -8,9 +8,9 @@ from hpunet_jax.training import loop
 from hpunet_jax.training.state import create_train_state
 
 
-def test_exact_scores_improve_with_training(tmp_path):
+def test_exact_scores_improve_with_training(tmp_path, synthetic_data_dir):
   config = synthetic.get_config("tiny")
-  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.data_dir = synthetic_data_dir
   config.train.num_steps = 150
   config.train.log_every = 50
   config.train.eval_every = 150

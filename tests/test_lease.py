@@ -13,7 +13,7 @@ from hpunet_jax.infra import files, lease
 
 def _dead_pid():
   proc = subprocess.Popen([sys.executable, "-c", "pass"])
-  proc.wait()
+  proc.wait(timeout=60)
   return proc.pid
 
 

@@ -13,17 +13,13 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 
+from conftest import ROOT, run_cli, start_cli
 from hpunet_jax import workdir as workdir_lib
-from hpunet_jax.data import pipeline
 from hpunet_jax.infra import writer as writer_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=configs/synthetic.py:tiny"
 TIMEOUT_S = 240
 
@@ -34,20 +30,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _env(**extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
-  env.pop("XLA_FLAGS", None)   # one CPU device per process
-  return env
-
-
 def _start(args, num_processes, port, module="experiments.train", config=(TINY,)):
   procs = []
   for process_id in range(num_processes):
-    env = _env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
+    env = dict(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
                JAX_PROCESS_ID=str(process_id))
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", module, *config, "--distributed", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs.append(start_cli(module, *config, "--distributed", *args, env=env))
   return procs
 
 
@@ -55,14 +43,13 @@ def _finish(procs, timeout=TIMEOUT_S):
   outputs = []
   try:
     for proc in procs:
-      outputs.append(proc.communicate(timeout=timeout)[0])
+      outputs.append(proc.rest(timeout=timeout))
   finally:
     for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+      proc.kill()
   for i, (proc, output) in enumerate(zip(procs, outputs)):
-    assert proc.returncode == 0, f"process {i} failed ({proc.returncode}):\n{output[-4000:]}"
+    assert proc.proc.returncode == 0, (
+        f"process {i} failed ({proc.proc.returncode}):\n{output[-4000:]}")
   return outputs
 
 
@@ -83,17 +70,9 @@ def test_two_processes_preempted_resume_and_match_one_process(tmp_path):
   # Preemption: a SIGTERM to process 1 alone stops both at the same step, with a checkpoint.
   procs = _start([f"--workdir={workdir}", *common, "--config.train.num_steps=100000"], 2,
                  _free_port())
-  deadline = time.time() + TIMEOUT_S
-  head = []
   try:
-    for line in procs[0].stdout:
-      head.append(line)
-      if line.startswith("step 2/"):
-        break
-      assert time.time() < deadline, "".join(head)[-4000:]
-    else:
-      raise AssertionError("process 0 ended before step 2:\n" + "".join(head)[-4000:])
-    procs[1].send_signal(signal.SIGTERM)
+    procs[0].wait_for("step 2/", timeout=TIMEOUT_S)
+    procs[1].proc.send_signal(signal.SIGTERM)
   finally:
     outputs = _finish(procs)
   stopped = [int(o.split("Stopped at step ")[1].split()[0]) for o in outputs
@@ -108,11 +87,9 @@ def test_two_processes_preempted_resume_and_match_one_process(tmp_path):
   # Rerunning the same command (with a reachable end) resumes, trains on, evaluates and draws.
   num_steps = preempted_at + 2
   # The one-process reference (same global batch) runs meanwhile, on its own data_dir.
-  reference = subprocess.Popen(
-      [sys.executable, "-m", "experiments.train", TINY, f"--workdir={single}", *common,
-       f"--config.data.data_dir={tmp_path / 'tfds_single'}",
-       f"--config.train.num_steps={num_steps}"],
-      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  reference = start_cli("experiments.train", TINY, f"--workdir={single}", *common,
+                        f"--config.data.data_dir={tmp_path / 'tfds_single'}",
+                        f"--config.train.num_steps={num_steps}")
   try:
     _finish(_start([f"--workdir={workdir}", *common, f"--config.train.num_steps={num_steps}"],
                    2, _free_port()))
@@ -140,19 +117,15 @@ def test_two_processes_preempted_resume_and_match_one_process(tmp_path):
                                    err_msg=f"{key} at step {want['step']}")
 
 
-def test_evaluate_and_sample_on_two_processes_match_one(tmp_path):
+def test_evaluate_and_sample_on_two_processes_match_one(tmp_path, synthetic_data_dir):
   workdir = tmp_path / "run"
   shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "workdir_v1"), workdir)
-  common = [f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+  common = [f"--workdir={workdir}", f"--config.data.data_dir={synthetic_data_dir}",
             "--config.eval.num_examples=6", "--config.eval.num_samples=8",
             "--config.eval.batch_size=4", "--config.eval.sample_chunk=3"]
-  # The data the run was trained on (training would have generated it).
-  config = workdir_lib.Run(str(workdir)).config()
-  config.data.data_dir = str(tmp_path / "tfds")
-  pipeline.prepare(config.data)
-  single = subprocess.run([sys.executable, "-m", "experiments.evaluate", *common], cwd=ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
-  assert single.returncode == 0, single.stderr[-4000:]
+  # The data the run was trained on.
+  assert workdir_lib.Run(str(workdir)).config().data.name == "synthetic_multiscale/small"
+  single = run_cli("experiments.evaluate", *common, timeout=TIMEOUT_S)
   assert "Evaluating on 1 device (cpu) of 1 process" in single.stdout
   with open(workdir / "evaluation.json") as f:
     expected = json.load(f)
@@ -169,7 +142,7 @@ def test_evaluate_and_sample_on_two_processes_match_one(tmp_path):
       np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
 
   output = str(tmp_path / "samples.png")
-  _finish(_start([f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+  _finish(_start([f"--workdir={workdir}", f"--config.data.data_dir={synthetic_data_dir}",
                   f"--output={output}", "--num_samples=4", "--indices=0,1"], 2, _free_port(),
                  module="experiments.sample", config=()))
   assert os.path.exists(output) and os.path.exists(output[:-len(".png")] + ".npz")

@@ -20,10 +20,10 @@ import time
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from conftest import ROOT, cli_env, run_cli
 from gcs_server import BUCKET, GcsServer, binary_path
 from hpunet_jax.infra import writer as writer_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300   # seconds for one CLI run on a busy 2-core machine
 DATA_DIR = f"gs://{BUCKET}/tfds"
 TRAIN = (f"--config={os.path.join(ROOT, 'configs', 'synthetic.py')}:tiny", f"--config.data.data_dir={DATA_DIR}",
@@ -50,16 +50,14 @@ def server(tmp_path_factory):
 
 
 def _env(server):
-  env = server.env()
-  # PYTHONPATH: this checkout's package, also from the empty folder some runs start in.
-  env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)
-  return env
+  """On top of `cli_env()`: the server's two variables, and PYTHONPATH for this checkout's
+  package, also from the empty folder some runs start in."""
+  return server.env(cli_env(PYTHONPATH=ROOT))
 
 
 def _run(server, cwd, module, *args, timeout=TIMEOUT):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=_env(server),
-                        capture_output=True, text=True, timeout=timeout)
+  return run_cli(module, *args, cwd=cwd, env=server.env({"PYTHONPATH": ROOT}), timeout=timeout,
+                 check=False)
 
 
 class _Process:

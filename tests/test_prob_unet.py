@@ -11,8 +11,6 @@ regenerate it: `tests/fixtures/make_prob_unet_fixture.py`.
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.extend
@@ -20,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from configs import prob_unet as prob_unet_configs
 from hpunet_jax import config_lib
 from hpunet_jax import workdir as workdir_lib
@@ -261,41 +260,30 @@ def test_run_configs_choose_the_model():
     prob_unet_configs.get_config("huge")
 
 
-def _run(module, *args, timeout=900):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-  assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-  return proc
-
-
-def test_tiny_config_trains_evaluates_and_samples_through_the_clis(tmp_path):
-  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
-  _run("experiments.train", "--config=configs/prob_unet.py:tiny", f"--workdir={workdir}",
-       f"--config.data.data_dir={data_dir}")
+def test_tiny_config_trains_evaluates_and_samples_through_the_clis(tmp_path, synthetic_data_dir):
+  data_dir, workdir = synthetic_data_dir, str(tmp_path / "run")
+  run_cli("experiments.train", "--config=configs/prob_unet.py:tiny", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}", timeout=900)
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"]["name"] == "prob_unet"
-  _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
-       "--config.eval.num_samples=8", "--config.eval.num_examples=2")
+  run_cli("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+          "--config.eval.num_samples=8", "--config.eval.num_examples=2", timeout=900)
   with open(os.path.join(workdir, "evaluation.json")) as f:
     results = json.load(f)
   assert results["num_images"] == 2 and np.isfinite(results["ged_16"] if "ged_16" in results
                                                     else results["exact_ged"])
   out = str(tmp_path / "s" / "samples.png")
-  _run("experiments.sample", f"--workdir={workdir}", f"--output={out}", "--num_samples=4",
-       "--indices=0,1", "--config.eval.split=test")
+  run_cli("experiments.sample", f"--workdir={workdir}", f"--output={out}", "--num_samples=4",
+          "--indices=0,1", "--config.eval.split=test", timeout=900)
   with np.load(str(tmp_path / "s" / "samples.npz")) as arrays:
     assert arrays["samples"].shape == (4, 2, 32, 32)
 
 
 def test_a_field_of_another_model_stops_in_one_line_naming_both(tmp_path):
   workdir = tmp_path / "run"
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.train", "--config=configs/prob_unet.py:tiny",
-       f"--workdir={workdir}", "--config.model.latent_dims=1,1"],
-      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-      timeout=300)
+  proc = run_cli("experiments.train", "--config=configs/prob_unet.py:tiny",
+                 f"--workdir={workdir}", "--config.model.latent_dims=1,1", timeout=300,
+                 check=False)
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
   assert lines[0].startswith("FATAL Flags parsing error: --config.model.latent_dims: "

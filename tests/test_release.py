@@ -19,8 +19,6 @@ the real file differs only in sizes.
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 
 import jax
@@ -28,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from hpunet_jax import config_lib, release
 from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import checkpoint, parallel
@@ -288,16 +287,13 @@ def test_colab_picks_the_first_image_of_each_patient(tmp_path):
 
 
 def test_import_cli(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
   workdir = str(tmp_path / "run")
   overrides = [f"--config.model.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
                for k, v in FIXTURE_MODEL.items()]
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.import_release", f"--checkpoint={FIXTURE}",
-       f"--workdir={workdir}", "--config.data.name=fake", "--config.data.image_size=16",
-       "--config.data.crop_size=16", "--config.data.num_graders=4", *overrides],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_cli("experiments.import_release", f"--checkpoint={FIXTURE}", f"--workdir={workdir}",
+                 "--config.data.name=fake", "--config.data.image_size=16",
+                 "--config.data.crop_size=16", "--config.data.num_graders=4", *overrides,
+                 timeout=600)
   assert "Imported 172 tensors (14,006 parameters)" in proc.stdout
   assert "optimiser state (a fresh optimiser is used): 348 tensor(s)" in proc.stdout
   assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [0]

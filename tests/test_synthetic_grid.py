@@ -6,14 +6,13 @@ import itertools
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from scipy import stats
 import tensorflow_datasets as tfds
 
+from conftest import run_cli
 from configs import prob_unet_grid, synthetic_grid
 from hpunet_jax import config_lib
 from hpunet_jax.data import synthetic
@@ -22,7 +21,6 @@ from hpunet_jax.model import HPUNetConfig
 from hpunet_jax.model.config import latent_placement
 
 tfds.disable_progress_bar()
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = synthetic.GridDefinition()
 
 
@@ -218,24 +216,16 @@ def test_a_32x32_config_on_64x64_images_is_warned_about():
   assert latent_placement(config, 32, 32)[1] is None
 
 
-def _run(module, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=1800)
-  assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-  return proc
-
-
 @pytest.mark.parametrize("config", ["configs/synthetic_grid.py:tiny",
                                     "configs/prob_unet_grid.py:tiny"])
-def test_tiny_grid_config_trains_and_evaluates_without_candidates(config, tmp_path):
-  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
-  train = _run("experiments.train", f"--config={config}", f"--workdir={workdir}",
-               f"--config.data.data_dir={data_dir}")
+def test_tiny_grid_config_trains_and_evaluates_without_candidates(config, tmp_path, grid_data_dir):
+  data_dir, workdir = grid_data_dir, str(tmp_path / "run")
+  train = run_cli("experiments.train", f"--config={config}", f"--workdir={workdir}",
+                  f"--config.data.data_dir={data_dir}", timeout=1800)
   assert "Model: latents at" in train.stdout and "WARNING" not in train.stdout
-  evaluate = _run("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
-                  "--config.eval.num_samples=8", "--config.eval.num_examples=2")
+  evaluate = run_cli("experiments.evaluate", f"--workdir={workdir}", "--config.eval.split=test",
+                     "--config.eval.num_samples=8", "--config.eval.num_examples=2",
+                     timeout=1800)
   results = json.load(open(os.path.join(workdir, "evaluation.json")))
   assert "exact_ged" not in results   # no candidates: no exact GED
   for key in ("object_tvd_mean", "joint_tvd", "fidelity", "object_tvd_15", "fidelity_15",

@@ -1,8 +1,6 @@
 """Tests of the train state, the step, and its data parallelism over devices and processes."""
 import os
 import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -73,8 +71,9 @@ def test_same_seed_same_step_and_rng_folds_with_step():
 
 
 def _run_worker(tmp_path, name, **kwargs):
+  """The worker's output path and its arguments to `python`."""
   out = str(tmp_path / f"{name}.npz")
-  args = [sys.executable, WORKER, f"--out={out}"] + [f"--{k}={v}" for k, v in kwargs.items()]
+  args = [WORKER, f"--out={out}"] + [f"--{k}={v}" for k, v in kwargs.items()]
   return out, args
 
 
@@ -82,13 +81,6 @@ def _free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
-
-
-def _env():
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
 
 
 def _compare(reference, other):
@@ -106,13 +98,13 @@ def _compare(reference, other):
 def single_device_params(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("single")
   out, args = _run_worker(tmp, "single", devices=1)
-  subprocess.run(args, check=True, env=_env(), timeout=300)
+  conftest.run_python(*args, timeout=300)
   return out
 
 
 def test_eight_devices_equal_one_device(tmp_path, single_device_params):
   out, args = _run_worker(tmp_path, "eight", devices=8)
-  subprocess.run(args, check=True, env=_env(), timeout=300)
+  conftest.run_python(*args, timeout=300)
   _compare(single_device_params, out)
 
 
@@ -123,10 +115,13 @@ def test_two_processes_equal_one_process(tmp_path, single_device_params):
   for pid in range(2):
     _, args = _run_worker(tmp_path, "multi", devices=2, process_id=pid, num_processes=2,
                           port=port)
-    args[2] = f"--out={out}"
-    procs.append(subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True))
-  outputs = [p.communicate(timeout=300)[0] for p in procs]
+    args[1] = f"--out={out}"
+    procs.append(conftest.Started(args))
+  try:
+    outputs = [p.rest(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
   for p, text in zip(procs, outputs):
-    assert p.returncode == 0, text[-3000:]
+    assert p.proc.returncode == 0, text[-3000:]
   _compare(single_device_params, out)
