@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+import pytest
 
 from conftest import run_cli
 from configs import lidc
@@ -14,6 +15,17 @@ from hpunet_jax.infra import writer as writer_lib
 from hpunet_jax.training import state as train
 from hpunet_jax.data import augment
 from hpunet_jax.model import count_params, make_model
+
+
+def test_full_and_tiny_configs_validate_and_share_the_data_recipe():
+  """`:tiny` shrinks the network and the schedule, not the data, crops or augmentation."""
+  full, tiny = lidc.get_config(), lidc.get_config("tiny")
+  for config in (full, tiny):
+    config_lib.validate(config, num_devices=1)
+    assert config.data.augment.enabled
+  assert tiny.data.to_dict() == full.data.to_dict()
+  with pytest.raises(ValueError, match="unknown argument"):
+    lidc.get_config("huge")
 
 
 def test_full_lidc_step_with_augmentation_traces_to_the_model_crop():
