@@ -1,10 +1,13 @@
 """A shortened synthetic schedule must improve the exact scores (guards issue-7 results)."""
 import jax
+import pytest
 
 from configs import synthetic
 from hpunet_jax.evaluation import driver, restore
 from hpunet_jax.training import loop
 from hpunet_jax.training.state import create_train_state
+
+pytestmark = pytest.mark.slow   # 150 training steps and two evaluations
 
 
 def test_exact_scores_improve_with_training(tmp_path, synthetic_data_dir):
