@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import profile_summary
 from conftest import run_cli
@@ -44,6 +45,7 @@ def test_latest_trace_names_the_directory_without_a_trace(tmp_path):
     raise AssertionError("no error for a directory without a trace")
 
 
+@pytest.mark.slow
 def test_throughput_script_prints_one_json_line_per_measurement(tmp_path):
   """The smoke command of docs/benchmarks.md: train, sampling and GED100 on the tiny network."""
   result = run_cli(
@@ -103,6 +105,7 @@ def test_paired_variants_reach_any_group_and_augmentation_feeds_source_sized_exa
     flags.FLAGS.unparse_flags()
 
 
+@pytest.mark.slow
 def test_ged100_on_eight_devices_reports_memory_that_grows_with_the_chunk():
   """`--what=ged100 --sample_chunks=...` on 8 host-platform devices: one line per chunk."""
   result = run_cli(

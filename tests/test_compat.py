@@ -46,6 +46,7 @@ def test_old_workdir_restores_its_network_alone_and_samples(old_workdir):
   del config
 
 
+@pytest.mark.slow
 def test_old_workdir_resumes_with_changed_execution_and_evaluates(old_workdir,
                                                                   synthetic_data_dir):
   data_dir = synthetic_data_dir
@@ -61,6 +62,7 @@ def test_old_workdir_resumes_with_changed_execution_and_evaluates(old_workdir,
     assert json.load(f)["step"] == 6
 
 
+@pytest.mark.slow
 def test_a_changed_model_field_stops_the_resume_in_one_line(old_workdir, tmp_path):
   proc = run_cli("experiments.train", "--config=configs/synthetic.py:tiny",
                  f"--workdir={old_workdir}", f"--config.data.data_dir={tmp_path / 'tfds'}",
@@ -72,6 +74,7 @@ def test_a_changed_model_field_stops_the_resume_in_one_line(old_workdir, tmp_pat
   assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_moved_execution_flag_is_named_where_it_went(tmp_path):
   proc = run_cli("experiments.train", "--config=configs/synthetic.py:tiny",
                  f"--workdir={tmp_path / 'run'}", "--config.model.remat=True", check=False)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+import pytest
 
 from conftest import run_cli
 from configs import lidc
@@ -16,6 +17,18 @@ from hpunet_jax.data import augment
 from hpunet_jax.model import count_params, make_model
 
 
+def test_full_and_tiny_configs_validate_and_share_the_data_recipe():
+  """`:tiny` shrinks the network and the schedule, not the data, crops or augmentation."""
+  full, tiny = lidc.get_config(), lidc.get_config("tiny")
+  for config in (full, tiny):
+    config_lib.validate(config, num_devices=1)
+    assert config.data.augment.enabled
+  assert tiny.data.to_dict() == full.data.to_dict()
+  with pytest.raises(ValueError, match="unknown argument"):
+    lidc.get_config("huge")
+
+
+@pytest.mark.slow
 def test_full_lidc_step_with_augmentation_traces_to_the_model_crop():
   """The paper-size model only abstractly (jax.eval_shape): 180x180 in, 128x128 crops to
   the model, all metrics scalars, the release's parameter count."""
@@ -62,6 +75,7 @@ def _write_lidc_tree(root, size=180):
         Image.fromarray(mask).save(os.path.join(root, split, "gt", patient, f"z-0.0_c0_l{k}.png"))
 
 
+@pytest.mark.slow
 def test_tiny_lidc_recipe_trains_end_to_end_with_augmentation(tmp_path):
   """`configs/lidc.py:tiny` on LIDC-layout 180x180 files: augmented crops, masked loss."""
   manual = tmp_path / "manual"

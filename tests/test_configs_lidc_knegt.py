@@ -4,6 +4,7 @@ import os
 import pickle
 
 import numpy as np
+import pytest
 
 from conftest import run_cli
 from configs import lidc_knegt as lidc_knegt_config
@@ -38,6 +39,7 @@ def test_full_config_validates_at_128_without_crop_or_translation():
   assert config.data.augment.enabled and config.data.augment.max_translation is None
 
 
+@pytest.mark.slow
 def test_tiny_config_trains_and_evaluates_end_to_end(tmp_path):
   manual = tmp_path / "manual"
   _write_pickle(str(manual / "data_lidc.pickle"))

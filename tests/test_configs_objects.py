@@ -36,6 +36,7 @@ def test_configs_are_valid_and_differ_only_where_documented():
     synthetic_objects.get_config("huge")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["configs/synthetic_objects.py:tiny",
                                     "configs/hpunet_one_scale_objects.py:tiny"])
 def test_tiny_config_trains_and_evaluates_per_object(config, tmp_path, objects_data_dir):

@@ -160,6 +160,7 @@ def test_pipeline_delivers_uncropped_examples_when_augmenting():
   assert batch["image"].shape == (4, 20, 20, 1)
 
 
+@pytest.mark.slow
 def test_train_step_augments_and_reports_the_valid_fraction():
   import hpunet_jax
   from conftest import tiny_config

@@ -64,17 +64,21 @@ def test_the_reference_varies_between_images_and_samples(reference):
   assert np.all(reference["diversity"] > 0)
 
 
-@pytest.mark.parametrize("batch_size,sample_chunk", [(2, 16), (4, 4), (2, 5)])
+@pytest.mark.parametrize("batch_size,sample_chunk",
+                         [(2, 16), pytest.param(4, 4, marks=pytest.mark.slow),
+                          pytest.param(2, 5, marks=pytest.mark.slow)])
 def test_batch_size_and_chunk_change_no_score(reference, batch_size, sample_chunk):
   _assert_same(evaluation_worker.scores(batch_size=batch_size, sample_chunk=sample_chunk),
                reference)
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_scores_of_one(reference, tmp_path):
   # 4 images over 8 devices: each batch is padded to 8 and the padding dropped.
   _assert_same(_run_workers(tmp_path / "eight.npz", "--devices=8", "--sample_chunk=4"), reference)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_scores_of_one(reference, tmp_path):
   _assert_same(_run_workers(tmp_path / "two.npz", "--devices=2", "--batch_size=2", num_processes=2),
                reference)

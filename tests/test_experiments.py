@@ -31,6 +31,7 @@ def trained(tmp_path_factory, data_dir):
   return workdir, proc
 
 
+@pytest.mark.slow
 def test_train_cli_writes_metrics_checkpoints_figures(trained):
   workdir, proc = trained
   rows = writer_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -63,6 +64,7 @@ def test_train_cli_writes_metrics_checkpoints_figures(trained):
   assert "img/s" in proc.stdout and "ETA" in proc.stdout            # progress lines
 
 
+@pytest.mark.slow
 def test_rerun_after_the_end_does_not_train_again(trained, data_dir):
   workdir, _ = trained
   proc = run_cli("experiments.train", "--config=configs/synthetic.py:tiny",
@@ -77,6 +79,7 @@ def _listing(folder):
                 for d, dirs, files in os.walk(folder) for n in dirs + files)
 
 
+@pytest.mark.slow
 def test_evaluate_and_sample_cli(trained, tmp_path):
   """Both tools read the run's config.json; --config.<group>.<field>= overrides it."""
   workdir, _ = trained
@@ -103,6 +106,7 @@ def test_evaluate_and_sample_cli(trained, tmp_path):
   assert "figure 3/3 (100.0%)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_tools_refuse_other_data_and_non_runs_creating_nothing(trained, tmp_path):
   workdir, _ = trained
   before = _listing(workdir)
@@ -123,10 +127,11 @@ def test_tools_refuse_other_data_and_non_runs_creating_nothing(trained, tmp_path
 
 @pytest.mark.parametrize("override,message", [
     ("--config.train.batch_size=-8", "train.batch_size"),
-    ("--config.train.batch_size=abc", "batch_size"),
+    pytest.param("--config.train.batch_size=abc", "batch_size", marks=pytest.mark.slow),
     ("--config.model.bogus=3", "bogus"),
-    ("--config.loss.type=mse", "loss.type"),
-    ("--config.model.channels_per_block=(4,8,8,8,8,8,8)", "data"),
+    pytest.param("--config.loss.type=mse", "loss.type", marks=pytest.mark.slow),
+    pytest.param("--config.model.channels_per_block=(4,8,8,8,8,8,8)", "data",
+                 marks=pytest.mark.slow),
 ])
 def test_bad_overrides_stop_with_a_message_naming_the_field(tmp_path, data_dir, override,
                                                              message):
@@ -154,6 +159,7 @@ def _final_params(workdir, config):
   return step, jax.tree.leaves(params)
 
 
+@pytest.mark.slow
 def test_stop_and_resume_equals_uninterrupted(tmp_path, data_dir):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   loop.train_and_evaluate(_tiny(data_dir, num_steps=6), straight)
@@ -202,6 +208,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path, data_dir):
   workdir = str(tmp_path / "preempt")
   run = start_cli("experiments.train", "--config=configs/synthetic.py:tiny",

@@ -100,6 +100,7 @@ def killed_twice(tmp_path_factory, data_dir):
   return workdir, args, outputs, second, first.proc.pid
 
 
+@pytest.mark.slow
 def test_second_run_on_a_workdir_refuses_naming_the_first(killed_twice):
   _, _, _, second, first_pid = killed_twice
   assert second.returncode != 0
@@ -107,6 +108,7 @@ def test_second_run_on_a_workdir_refuses_naming_the_first(killed_twice):
   assert "step 1/" not in second.stdout                      # it trained nothing
 
 
+@pytest.mark.slow
 def test_kill_9_before_and_after_evaluation_leaves_every_record_once(killed_twice):
   workdir, _, outputs, _, _ = killed_twice
   train, evals = _records(workdir)
@@ -121,6 +123,7 @@ def test_kill_9_before_and_after_evaluation_leaves_every_record_once(killed_twic
   assert not os.path.exists(os.path.join(workdir, lease.LEASE_FILE))   # released at the end
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_does_not_evaluate_again(killed_twice):
   workdir, args, *_ = killed_twice
   proc = run_python(*args, timeout=TIMEOUT, check=False)
@@ -129,6 +132,7 @@ def test_rerunning_a_finished_run_does_not_evaluate_again(killed_twice):
   assert _records(workdir) == ([1, 2, 3, 4, 5, 6], [3, 6])
 
 
+@pytest.mark.slow
 def test_flipped_byte_in_the_latest_checkpoint_falls_back_and_keeps_it(killed_twice):
   workdir, args, *_ = killed_twice
   _flip_byte(os.path.join(workdir, "checkpoints", "6"))
@@ -143,6 +147,7 @@ def test_flipped_byte_in_the_latest_checkpoint_falls_back_and_keeps_it(killed_tw
   assert _records(workdir) == ([1, 2, 3, 4, 5, 6], [3, 6])
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_file_is_skipped_by_a_reader(killed_twice):
   workdir, *_ = killed_twice
   step_dir = os.path.join(workdir, "checkpoints", "6")
@@ -172,6 +177,7 @@ def tiny_filesystem(tmp_path):
   subprocess.run(["umount", "-l", str(mount_point)], check=False, timeout=60)
 
 
+@pytest.mark.slow
 def test_save_into_a_full_filesystem_stops_training_before_evaluating(tiny_filesystem, data_dir):
   workdir = os.path.join(tiny_filesystem, "run")
   proc = run_python(*_train_args(workdir, data_dir, "--config.train.log_every=1"),
@@ -200,7 +206,8 @@ def test_unknown_override_is_named_in_one_line(tmp_path, data_dir):
   assert len(lines) == 1 and "model.foo" in lines[0], proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("module", ["experiments.evaluate", "experiments.sample"])
+@pytest.mark.parametrize("module", ["experiments.evaluate",
+                                    pytest.param("experiments.sample", marks=pytest.mark.slow)])
 def test_unknown_override_of_a_reading_tool_is_named_in_one_line(tmp_path, module):
   # These tools' --config has a default file, so ml_collections applies the
   # overrides when the flag is defined, before any flag parser runs.
@@ -211,6 +218,7 @@ def test_unknown_override_of_a_reading_tool_is_named_in_one_line(tmp_path, modul
   assert len(lines) == 1 and "eval.foo" in lines[0], proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_mistyped_workdir_creates_nothing(tmp_path, data_dir):
   typo = tmp_path / "typo"
   proc = run_cli("experiments.evaluate", "--config=configs/synthetic.py:tiny", f"--workdir={typo}",

@@ -1,11 +1,14 @@
 """A shortened synthetic schedule must improve the exact scores (guards issue-7 results)."""
 import jax
+import pytest
 
 from configs import synthetic
 from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.evaluation import driver
 from hpunet_jax.training import loop
 from hpunet_jax.training.state import create_train_state
+
+pytestmark = pytest.mark.slow   # 150 training steps and two evaluations
 
 
 def test_exact_scores_improve_with_training(tmp_path, synthetic_data_dir):

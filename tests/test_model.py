@@ -85,6 +85,7 @@ def test_core_intermediate_shapes():
   assert logits.shape == (2, 32, 32, 2)
 
 
+@pytest.mark.slow
 @hk.testing.transform_and_run(seed=0)
 def test_res_block_projects_only_when_needed():
   x = jnp.ones((1, 4, 4, 6))
@@ -108,6 +109,7 @@ def test_res_block_parameters():
   assert np.abs(np.asarray(params["a/conv_0"]["b"])).max() < 0.003
 
 
+@pytest.mark.slow
 def test_sample_and_reconstruct_shapes(small):
   model, params, images, segs = small
   samples = model.sample(params, jax.random.key(1), images, num_samples=3)
@@ -116,6 +118,7 @@ def test_sample_and_reconstruct_shapes(small):
   assert recon.shape == (2, 32, 32, 2)
 
 
+@pytest.mark.slow
 def test_sample_rng_behaviour(small):
   model, params, images, _ = small
   sample = jax.jit(model.sample, static_argnames=("num_samples", "mean"))
@@ -128,6 +131,7 @@ def test_sample_rng_behaviour(small):
     assert not np.allclose(a[0], a[i])
 
 
+@pytest.mark.slow
 def test_per_scale_mean(small):
   model, params, images, _ = small
   all_mean = [model.sample(params, jax.random.key(k), images, num_samples=2, mean=True)
@@ -142,6 +146,7 @@ def test_per_scale_mean(small):
     model.sample(params, jax.random.key(3), images, mean=(True, False))
 
 
+@pytest.mark.slow
 def test_sample_with_given_latents(small):
   """As the release's `sample(img, mean, z_q)`: fixed scales take the latents handed in."""
   model, params, images, segs = small
@@ -193,6 +198,7 @@ def test_forward_gives_kl_per_scale(small):
   assert [p.mu.shape for p in out["prior"]] == [q.mu.shape for q in out["posterior"]]
 
 
+@pytest.mark.slow
 def test_kl_is_zero_for_equal_gaussians_and_matches_monte_carlo():
   rng = np.random.default_rng(0)
   shape = (2, 3, 3, 2)
@@ -253,6 +259,7 @@ def test_l2_penalty_is_keras_l2_over_weights_and_biases():
   np.testing.assert_allclose(model_lib.l2_penalty(params, 1e-5), 1e-5 * (4 + 12), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_agrees_with_float32(small):
   model, params, images, segs = small
   bf16 = make_model(HPUNetConfig(**{**TEST_CONFIG.__dict__, "compute_dtype": "bfloat16"}))

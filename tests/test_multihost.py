@@ -15,10 +15,13 @@ import signal
 import socket
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, run_cli, start_cli
 from hpunet_jax import workdir as workdir_lib
 from hpunet_jax.infra import writer as writer_lib
+
+pytestmark = pytest.mark.slow   # two-process jobs of the CLIs, minutes each
 
 TINY = "--config=configs/synthetic.py:tiny"
 TIMEOUT_S = 240

@@ -24,6 +24,8 @@ from conftest import ROOT, cli_env, run_cli
 from gcs_server import BUCKET, GcsServer, binary_path
 from hpunet_jax.infra import writer as writer_lib
 
+pytestmark = pytest.mark.slow   # the tools against a GCS API server, end to end
+
 TIMEOUT = 300   # seconds for one CLI run on a busy 2-core machine
 DATA_DIR = f"gs://{BUCKET}/tfds"
 TRAIN = (f"--config={os.path.join(ROOT, 'configs', 'synthetic.py')}:tiny", f"--config.data.data_dir={DATA_DIR}",

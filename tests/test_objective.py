@@ -121,6 +121,7 @@ def test_posterior_width_is_the_mean_sigma_ratio():
   np.testing.assert_allclose(objective.posterior_width(prior, prior), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_kl_gradient_reaches_prior_and_posterior():
   model = make_model(HPUNetConfig(latent_dims=(2, 1), channels_per_block=(4, 6, 8),
                                   blocks_per_level=1, convs_per_block=1))

@@ -212,6 +212,7 @@ def test_sampling_runs_the_unet_and_prior_once():
     assert all(shape[0] == images.shape[0] for shape in shapes)   # unbatched over samples
 
 
+@pytest.mark.slow
 def test_one_elbo_train_step(tmp_path):
   config = prob_unet_configs.get_config("tiny")
   config.data.crop_size = None
@@ -260,6 +261,7 @@ def test_run_configs_choose_the_model():
     prob_unet_configs.get_config("huge")
 
 
+@pytest.mark.slow
 def test_tiny_config_trains_evaluates_and_samples_through_the_clis(tmp_path, synthetic_data_dir):
   data_dir, workdir = synthetic_data_dir, str(tmp_path / "run")
   run_cli("experiments.train", "--config=configs/prob_unet.py:tiny", f"--workdir={workdir}",
@@ -323,6 +325,7 @@ def test_resuming_an_old_hpunet_run_keeps_it_an_hpunet(tmp_path):
     run.check_config_matches(str(tmp_path), prob_unet_configs.get_config("lidc"))
 
 
+@pytest.mark.slow
 def test_init_is_the_releases_he_normal():
   """TF 1.10's he_normal: a normal of std sqrt(2 / fan_in) truncated at 2 std; biases std 0.001."""
   config = ProbUNetConfig(latent_dim=2, channels=(32, 32), num_classes=2, num_1x1_convs=1,

@@ -230,7 +230,9 @@ def test_hpunet_protocol_is_todays_evaluation():
   assert {"ged_16", "hm_iou_16", "iou_rec", "ncc", "diversity", "ged_16_subset_b"} <= set(default)
 
 
-@pytest.mark.parametrize("name", ["phiseg", "ssn", "car", "ccdm", "mose"])
+@pytest.mark.parametrize("name", [pytest.param("phiseg", marks=pytest.mark.slow),
+                                  pytest.param("ssn", marks=pytest.mark.slow),
+                                  "car", "ccdm", "mose"])
 def test_each_preset_computes_its_papers_scores(name):
   preset = protocols.get(name)
   scores = _evaluate(preset, preset.num_samples)
@@ -265,6 +267,7 @@ def _stub_samples(num_samples):
   return np.stack(out)  # [8, N, H, W]
 
 
+@pytest.mark.slow
 def test_berdiff_scores_hm_iou_on_the_first_images_only():
   preset = dataclasses.replace(protocols.berdiff(), hm_iou_num_images=5)  # 180 of 1980, here 5 of 8
   scores = _evaluate(preset, 16)

@@ -258,6 +258,7 @@ def test_fine_tuning_starts_from_the_imported_weights(imported, converted, tmp_p
     loop._init_params_from(imported, other_state, mesh)  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_colab_figures(imported, tmp_path):
   config, model, params, _ = workdir_lib.Run(imported).params()
   paths, arrays = release.draw_colab_figures(model, params, config, "test",
@@ -286,6 +287,7 @@ def test_colab_picks_the_first_image_of_each_patient(tmp_path):
       "LIDC-0001"]
 
 
+@pytest.mark.slow
 def test_import_cli(tmp_path):
   workdir = str(tmp_path / "run")
   overrides = [f"--config.model.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"

@@ -216,6 +216,7 @@ def test_a_32x32_config_on_64x64_images_is_warned_about():
   assert latent_placement(config, 32, 32)[1] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["configs/synthetic_grid.py:tiny",
                                     "configs/prob_unet_grid.py:tiny"])
 def test_tiny_grid_config_trains_and_evaluates_without_candidates(config, tmp_path, grid_data_dir):

@@ -37,6 +37,7 @@ def test_train_state_contents():
   assert set(hpunet_jax.create_train_state(config, 0, _batch()).params) == {"net"}
 
 
+@pytest.mark.slow
 def test_fifty_steps_reduce_reconstruction_loss():
   config = tiny_config()
   config.loss.top_k_percentage = None  # every pixel counts, so rec_sum tracks the whole image
@@ -57,6 +58,7 @@ def test_fifty_steps_reduce_reconstruction_loss():
     assert key in history[-1] and np.isfinite(history[-1][key]), key
 
 
+@pytest.mark.slow
 def test_same_seed_same_step_and_rng_folds_with_step():
   config = tiny_config()
   batch = _batch()
@@ -102,12 +104,14 @@ def single_device_params(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device(tmp_path, single_device_params):
   out, args = _run_worker(tmp_path, "eight", devices=8)
   conftest.run_python(*args, timeout=300)
   _compare(single_device_params, out)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path, single_device_params):
   port = _free_port()
   out = str(tmp_path / "multi.npz")
