@@ -73,6 +73,13 @@ def _synthetic_budget(config, name, *, num_steps, eval_batch_size):
   config.eval.num_figure_examples = 4
 
 
+def _tiny_synthetic(config):
+  """The `:tiny` of the 32x32 synthetic budgets: the `small` data, 6 steps of batch 8, 4 x 16."""
+  tiny_data(config)
+  tiny_training(config, batch_size=8, num_steps=6, log_every=2, checkpoint_every=3)
+  tiny_evaluation(config, num_examples=4, num_samples=16, num_figure_examples=2)
+
+
 def synthetic_multiscale_budget(config, tiny=False):
   """`synthetic_multiscale` (64x64): 1,500 steps, the rate cut at step 1,200; eval batches of 20.
 
@@ -80,9 +87,7 @@ def synthetic_multiscale_budget(config, tiny=False):
   """
   _synthetic_budget(config, "synthetic_multiscale", num_steps=1500, eval_batch_size=20)
   if tiny:
-    tiny_data(config)
-    tiny_training(config, batch_size=8, num_steps=6, log_every=2, checkpoint_every=3)
-    tiny_evaluation(config, num_examples=4, num_samples=16, num_figure_examples=2)
+    _tiny_synthetic(config)
 
 
 def synthetic_objects_budget(config, tiny=False):
@@ -94,9 +99,7 @@ def synthetic_objects_budget(config, tiny=False):
   """
   _synthetic_budget(config, "synthetic_objects", num_steps=4500, eval_batch_size=20)
   if tiny:
-    tiny_data(config)
-    tiny_training(config, batch_size=8, num_steps=6, log_every=2, checkpoint_every=3)
-    tiny_evaluation(config, num_examples=4, num_samples=16, num_figure_examples=2)
+    _tiny_synthetic(config)
 
 
 def synthetic_grid_budget(config, tiny=False):

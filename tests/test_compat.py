@@ -22,11 +22,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_v1")
 
 
+def _copy(fixture, tmp_path):
+  """A copy of a fixture workdir, so that a test may resume it."""
+  workdir = tmp_path / os.path.basename(fixture)
+  shutil.copytree(fixture, workdir)
+  return str(workdir)
+
+
 @pytest.fixture
 def old_workdir(tmp_path):
-  workdir = tmp_path / "run"
-  shutil.copytree(FIXTURE, workdir)
-  return str(workdir)
+  return _copy(FIXTURE, tmp_path)
 
 
 def test_old_config_moves_the_execution_settings_out_of_the_model_group():
@@ -88,9 +93,7 @@ PROB_UNET_FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_prob_unet_v
 
 @pytest.fixture
 def old_prob_unet_workdir(tmp_path):
-  workdir = tmp_path / "prob_unet_run"
-  shutil.copytree(PROB_UNET_FIXTURE, workdir)
-  return str(workdir)
+  return _copy(PROB_UNET_FIXTURE, tmp_path)
 
 
 def test_old_prob_unet_config_keeps_only_the_fields_its_network_used():
