@@ -58,6 +58,8 @@ def unknown_field_message(error, argv):
     return f"--config.{groups[0]}: the config has no group {group}"
   culprit = culprits[0] if culprits else (names[0] if names else str(error))
   group, _, field = culprit.rpartition(".")
+  moved = group == "model" and field in config_lib.EXECUTION_FIELDS
+  moved_hint = f" (it is execution.{field}: settings that change no parameter)" if moved else ""
   if group == "model":
     config = _config_of_argv(argv)
     name = config.model.get("name", config_lib.DEFAULT_MODEL) if config is not None else None
@@ -65,13 +67,9 @@ def unknown_field_message(error, argv):
       try:
         config_lib.check_model_fields(name, {field: None})
       except ValueError as e:
-        hint = (f" (it is execution.{field}: settings that change no parameter)"
-                if field in config_lib.EXECUTION_FIELDS else "")
-        return f"--config.{culprit}: {e}{hint}"
-  hint = ""
-  if group == "model" and field in config_lib.EXECUTION_FIELDS:
-    hint = f" (it is execution.{field}: settings that change no parameter)"
-  elif len(names) > 1 and names[1] != field:
+        return f"--config.{culprit}: {e}{moved_hint}"
+  hint = moved_hint
+  if not moved and len(names) > 1 and names[1] != field:
     hint = f" (did you mean {group + '.' if group else ''}{names[1]}?)"
   return f"--config.{culprit}: the config has no field {culprit}{hint}"
 
